@@ -1,0 +1,1 @@
+"""Temporal activities: every side effect of the service (rules evaluation, Polar API calls)."""

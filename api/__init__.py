@@ -1,0 +1,1 @@
+"""HTTP API: Polar's webhook endpoint and health probes (FastAPI)."""

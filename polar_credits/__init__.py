@@ -1,0 +1,1 @@
+"""polar-credits: durable usage-credit grants for Polar customers."""

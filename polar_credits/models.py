@@ -1,0 +1,119 @@
+"""Data that crosses the workflow boundary: workflow inputs, activity inputs and results.
+
+Dataclasses only, so Temporal's default converter stores them, and new optional fields can
+be added without breaking running workflows. Nothing here may hold a customer's email or
+name: these objects are written into workflow histories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MetadataValue = str | int | float | bool
+
+
+@dataclass
+class OrderFacts:
+    """What a crediting decision may look at, copied from a paid Polar order."""
+
+    order_id: str
+    customer_id: str
+    billing_reason: str
+    status: str
+    product_id: str | None = None
+    subscription_id: str | None = None
+    subscription_status: str | None = None
+    currency: str = "usd"
+    subtotal_amount: int = 0
+    discount_amount: int = 0
+    net_amount: int = 0
+    tax_amount: int = 0
+    total_amount: int = 0
+    refunded_amount: int = 0
+    seats: int | None = None
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    created_at: str | None = None
+
+
+@dataclass
+class VerificationPolicy:
+    """How long and how often the workflow checks that Polar's meter shows the grant."""
+
+    timeout_seconds: float = 1800.0
+    first_interval_seconds: float = 1.0
+    max_interval_seconds: float = 60.0
+
+
+@dataclass
+class OrderCreditsInput:
+    order: OrderFacts
+    verification: VerificationPolicy = field(default_factory=VerificationPolicy)
+
+
+@dataclass
+class Grant:
+    """One rule's credit for one order: becomes one negative event in Polar."""
+
+    rule_id: str
+    meter: str
+    meter_id: str
+    event_name: str
+    property: str
+    units: int
+    customer_id: str
+    order_id: str
+    external_id: str
+    reason: str
+
+
+@dataclass
+class IngestResult:
+    inserted: int
+    duplicates: int
+
+
+@dataclass
+class MeterCheckInput:
+    customer_id: str
+    meter_id: str
+    order_id: str
+    event_name: str
+    rule_ids: list[str]
+
+
+@dataclass
+class MeterReading:
+    """A customer meter as Polar shows it, and whether it already counts the grant's events."""
+
+    meter_id: str
+    consumed_units: float
+    credited_units: float
+    balance: float
+    modified_at: str | None
+    events_found: int
+    includes_grant: bool
+
+
+@dataclass
+class MeterVerification:
+    meter: str
+    meter_id: str
+    units_granted: int
+    verified: bool
+    balance: float | None = None
+    consumed_units: float | None = None
+    credited_units: float | None = None
+    checks: int = 0
+
+
+@dataclass
+class OrderCreditsState:
+    """Live state of an order's crediting, returned by the `state` query and as the result."""
+
+    order_id: str
+    customer_id: str
+    status: str
+    grants: list[Grant] = field(default_factory=list)
+    ingest: IngestResult | None = None
+    verifications: list[MeterVerification] = field(default_factory=list)
+    failure: str | None = None

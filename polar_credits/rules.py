@@ -1,0 +1,144 @@
+"""The crediting rules file (TOML): which orders grant how many units of which meter.
+
+Loaded and validated once at worker start-up; `decide_grants` is the one place where an
+order's credits are decided.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+
+from polar_credits.models import Grant, OrderFacts
+
+BillingReason = Literal[
+    "purchase",
+    "subscription_create",
+    "subscription_cycle",
+    "subscription_update",
+    "subscription_meter_cycle",
+]
+
+
+class RulesError(Exception):
+    """The rules file cannot be used; the message names the file, the rule and the problem."""
+
+
+class Meter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="Polar meter id, used to verify the balance")
+    event_name: str = Field(min_length=1, description="name of the events ingested for it")
+    property: str = Field(default="units", min_length=1, max_length=40)
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=100)
+    meter: str
+    units: StrictInt = Field(gt=0)
+    products: list[str] | None = None
+    billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
+
+    def matches(self, order: OrderFacts) -> bool:
+        if order.billing_reason not in self.billing_reasons:
+            return False
+        return self.products is None or order.product_id in self.products
+
+
+class RulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meters: dict[str, Meter]
+    rules: list[Rule]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RulesFile:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule {rule.id!r}: duplicate rule id")
+            seen.add(rule.id)
+            if rule.meter not in self.meters:
+                known = ", ".join(sorted(self.meters)) or "none"
+                raise ValueError(
+                    f"rule {rule.id!r}: unknown meter {rule.meter!r} (meters defined: {known})"
+                )
+        return self
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RulesFile:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return RulesFile.model_validate(raw)
+    except ValidationError as exc:
+        raise RulesError(
+            f"{source}: " + "; ".join(_describe(err, raw) for err in exc.errors())
+        ) from None
+
+
+def load_rules(path: Path) -> RulesFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read the rules file: {exc.strerror}") from None
+    return parse_rules(text, str(path))
+
+
+def _describe(err: dict, raw: dict) -> str:
+    loc = list(err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling)"
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rules = raw.get("rules")
+        rule = rules[loc[1]] if isinstance(rules, list) and loc[1] < len(rules) else None
+        name = rule.get("id") if isinstance(rule, dict) else None
+        where = f"rule {name!r}" if name else f"rule #{loc[1] + 1}"
+        field = ".".join(str(p) for p in loc[2:])
+        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+    if len(loc) >= 2 and loc[0] == "meters":
+        field = ".".join(str(p) for p in loc[2:])
+        return f"meter {loc[1]!r}: {field}: {message}" if field else f"meter {loc[1]!r}: {message}"
+    where = ".".join(str(p) for p in loc)
+    return f"{where}: {message}" if where else message
+
+
+def grant_external_id(order_id: str, rule_id: str) -> str:
+    """Polar's dedupe key for a grant: business keys only, so any retry maps to the same event."""
+    return f"polar-credits:order:{order_id}:rule:{rule_id}"
+
+
+def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
+    if order.status not in ("paid", "partially_refunded", "refunded"):
+        return []
+    # Polar publishes a canceled subscription's final invoice as a cycle order: no new cycle.
+    if order.billing_reason == "subscription_cycle" and order.subscription_status == "canceled":
+        return []
+    grants = []
+    for rule in rules.rules:
+        if not rule.matches(order):
+            continue
+        meter = rules.meters[rule.meter]
+        grants.append(
+            Grant(
+                rule_id=rule.id,
+                meter=rule.meter,
+                meter_id=meter.id,
+                event_name=meter.event_name,
+                property=meter.property,
+                units=rule.units,
+                customer_id=order.customer_id,
+                order_id=order.order_id,
+                external_id=grant_external_id(order.order_id, rule.id),
+                reason=order.billing_reason,
+            )
+        )
+    return grants

@@ -1,0 +1,91 @@
+"""Service settings, read once from the environment at start-up and passed down.
+
+Each process asks only for what it uses (`require`), so a missing value stops start-up with
+one message naming the variable, instead of a stack trace at the first webhook.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it and says what to do."""
+
+
+_HINTS = {
+    "POLAR_ACCESS_TOKEN": "an organization access token from Polar (Settings → Developers)",
+    "POLAR_WEBHOOK_SECRET": "the secret Polar shows for your webhook endpoint (whsec_...)",
+    "CREDITS_RULES_FILE": "the path of your crediting rules file (TOML)",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    polar_access_token: SecretStr | None = None
+    polar_webhook_secret: SecretStr | None = None
+    polar_server: Literal["sandbox", "production"] = "sandbox"
+    polar_api_url: str | None = None
+    polar_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    credits_rules_file: Path | None = None
+    credits_task_queue: str = "polar-credits"
+    credits_verify_timeout_seconds: float = Field(default=1800.0, ge=0)
+    credits_api_host: str = "127.0.0.1"
+    credits_api_port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("polar_access_token", "polar_webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("polar_api_url", "credits_rules_file", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("polar_api_url")
+    @classmethod
+    def _url_is_host_root(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        # polar-sdk request paths already begin with /v1/.
+        return value.rstrip("/")
+
+    def require(self, *env_names: str) -> Settings:
+        for env_name in env_names:
+            if getattr(self, env_name.lower()) is None:
+                hint = _HINTS.get(env_name, "")
+                raise SettingsError(f"{env_name} is not set: set it to {hint}.")
+        if "CREDITS_RULES_FILE" in env_names and not self.credits_rules_file.is_file():
+            raise SettingsError(
+                f"CREDITS_RULES_FILE points to {self.credits_rules_file}, which is not a file."
+            )
+        return self
+
+    @property
+    def polar_target(self) -> str:
+        """Where Polar calls go, for logs: never includes the token."""
+        return self.polar_api_url or self.polar_server
+
+
+def load_settings(*required: str) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"Invalid setting {problems}") from None
+    return settings.require(*required)

@@ -1,0 +1,60 @@
+"""Command line: `python -m polar_standin serve` runs the local Polar stand-in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import uvicorn
+
+from polar_standin.app import StandinConfig, create_app
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m polar_standin")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the stand-in HTTP server")
+    serve.add_argument("--host", default=env("STANDIN_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(env("STANDIN_PORT", "8900")))
+    serve.add_argument("--db", default=env("STANDIN_DB", ".data/standin.sqlite3"))
+    serve.add_argument("--token", default=env("STANDIN_TOKEN", "polar_standin_dev_token"))
+    serve.add_argument("--webhook-url", default=env("STANDIN_WEBHOOK_URL"))
+    # Prefer the env var for the secret: command lines are visible to other users.
+    serve.add_argument("--webhook-secret", default=env("STANDIN_WEBHOOK_SECRET"))
+    serve.add_argument(
+        "--balance-lag",
+        type=float,
+        default=float(env("STANDIN_BALANCE_LAG", "15")),
+        help="seconds between a customer's last event and its balance update",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(
+        StandinConfig(
+            db_path=args.db,
+            token=args.token,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
+            balance_lag=args.balance_lag,
+        )
+    )
+    logging.getLogger("polar_standin").info(
+        "Polar stand-in on http://%s:%s (db %s, balance lag %ss, webhooks %s)",
+        args.host,
+        args.port,
+        args.db,
+        args.balance_lag,
+        "on" if args.webhook_url and args.webhook_secret else "off",
+    )
+    # access_log off: the app logs one line per request itself, without query strings.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,553 @@
+"""The stand-in's HTTP surface: Polar's /v1 API subset, /healthz, and the /admin test surface."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from polar_standin import metering, payloads
+from polar_standin.clock import iso
+from polar_standin.faults import FAULT_STATUSES, Fault, FaultBoard, endpoint_name
+from polar_standin.ingest import MAX_BODY_BYTES, error, validate_batch
+from polar_standin.seed import seed, sum_filter
+from polar_standin.store import Conflict, Store, UnknownCustomers, new_id
+from polar_standin.webhooks import WebhookTarget, deliver, new_webhook_id
+
+log = logging.getLogger("polar_standin")
+
+
+@dataclass
+class StandinConfig:
+    db_path: str
+    token: str = "polar_standin_dev_token"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    balance_lag: float = 15.0
+
+
+def not_found() -> JSONResponse:
+    return JSONResponse({"error": "ResourceNotFound", "detail": "Not found"}, status_code=404)
+
+
+def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def bad_request(detail: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": "BadRequest", "detail": detail}, status_code=status)
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _customer_json(store: Store, customer_id: str | None) -> dict[str, Any] | None:
+    row = store.get_customer(customer_id) if customer_id else None
+    return payloads.customer(row, store.first_event_at(row)) if row else None
+
+
+def _order_json(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    return payloads.order(
+        row, store.get_customer(row["customer_id"]), store.get_product(row["product_id"])
+    )
+
+
+def _event_json(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    customer = None
+    if row["customer_id"]:
+        customer = store.get_customer(row["customer_id"])
+    elif row["external_customer_id"]:
+        customer = store.customer_by_external_id(row["external_customer_id"])
+    return payloads.event(row, payloads.customer(customer) if customer else None)
+
+
+def _customer_meter_json(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    return payloads.customer_meter(
+        row,
+        _customer_json(store, row["customer_id"]),
+        payloads.meter(store.get_meter(row["meter_id"])),
+    )
+
+
+# -- Polar API ---------------------------------------------------------------------------
+api = APIRouter(prefix="/v1")
+PageQ = Annotated[int, Query(ge=1)]
+LimitQ = Annotated[int, Query(ge=1, le=100)]
+# Several values allowed: ?customer_id=a&customer_id=b, as polar-sdk sends lists.
+ManyQ = Annotated[list[str] | None, Query()]
+
+
+@api.post("/events/ingest")
+async def events_ingest(request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return bad_request("Request body too large", 413)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return unprocessable([error(["body"], "JSON decode error", "json_invalid")])
+    events, errors = validate_batch(payload)
+    if errors:
+        return unprocessable(errors)
+    try:
+        inserted, duplicates = _store(request).ingest(events)
+    except UnknownCustomers as e:
+        return unprocessable(
+            [
+                error(
+                    ["body", "events", i, "customer_id"],
+                    "Customer does not exist.",
+                    "customer_id",
+                    events[i]["customer_id"],
+                )
+                for i in e.indexes
+            ]
+        )
+    return JSONResponse({"inserted": inserted, "duplicates": duplicates})
+
+
+@api.get("/events/")
+async def events_list(
+    request: Request,
+    customer_id: str | None = None,
+    name: ManyQ = None,
+    source: ManyQ = None,
+    page: PageQ = 1,
+    limit: LimitQ = 10,
+    sorting: ManyQ = None,
+) -> dict:
+    store = _store(request)
+    metadata = {
+        key[len("metadata[") : -1]: value
+        for key, value in request.query_params.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    }
+    rows, total = store.list_events(
+        page=page,
+        limit=limit,
+        customer_id=customer_id,
+        name=name,
+        source=source,
+        metadata=metadata,
+        descending=not sorting or sorting[0] != "timestamp",
+    )
+    return payloads.page([_event_json(store, r) for r in rows], total, limit)
+
+
+@api.get("/customer-meters/")
+async def customer_meters_list(
+    request: Request,
+    customer_id: ManyQ = None,
+    meter_id: ManyQ = None,
+    page: PageQ = 1,
+    limit: LimitQ = 10,
+    sorting: ManyQ = None,
+) -> dict:
+    store = _store(request)
+    rows, total = store.list_customer_meters(
+        page=page, limit=limit, customer_id=customer_id, meter_id=meter_id
+    )
+    return payloads.page([_customer_meter_json(store, r) for r in rows], total, limit)
+
+
+@api.get("/customer-meters/{customer_meter_id}")
+async def customer_meters_get(request: Request, customer_meter_id: str) -> Response:
+    store = _store(request)
+    row = store.get_customer_meter(customer_meter_id)
+    return JSONResponse(_customer_meter_json(store, row)) if row else not_found()
+
+
+@api.get("/meters/")
+async def meters_list(request: Request, page: PageQ = 1, limit: LimitQ = 10) -> dict:
+    rows, total = _store(request).list_meters(page=page, limit=limit)
+    return payloads.page([payloads.meter(r) for r in rows], total, limit)
+
+
+@api.get("/meters/{meter_id}")
+async def meters_get(request: Request, meter_id: str) -> Response:
+    row = _store(request).get_meter(meter_id)
+    return JSONResponse(payloads.meter(row)) if row else not_found()
+
+
+@api.get("/customers/")
+async def customers_list(
+    request: Request,
+    email: str | None = None,
+    external_id: str | None = None,
+    page: PageQ = 1,
+    limit: LimitQ = 10,
+) -> dict:
+    store = _store(request)
+    rows, total = store.list_customers(page=page, limit=limit, email=email, external_id=external_id)
+    return payloads.page([_customer_json(store, r["id"]) for r in rows], total, limit)
+
+
+@api.get("/customers/{customer_id}")
+async def customers_get(request: Request, customer_id: str) -> Response:
+    found = _customer_json(_store(request), customer_id)
+    return JSONResponse(found) if found else not_found()
+
+
+async def _create_customer(request: Request, body: dict[str, Any], *, allow_id: bool) -> Response:
+    if not isinstance(body.get("email"), str) or "@" not in body["email"]:
+        return unprocessable(
+            [error(["body", "email"], "value is not a valid email address", "value_error")]
+        )
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        return unprocessable(
+            [error(["body", "metadata"], "Input should be a valid dictionary", "dict_type")]
+        )
+    store = _store(request)
+    try:
+        row = store.create_customer(
+            email=body["email"],
+            name=body.get("name"),
+            external_id=body.get("external_id"),
+            metadata=metadata,
+            id=body.get("id") if allow_id else None,
+        )
+    except Conflict as e:
+        return unprocessable([error(["body", "email"], str(e), "value_error")])
+    return JSONResponse(_customer_json(store, row["id"]), status_code=201)
+
+
+@api.post("/customers/")
+async def customers_create(request: Request) -> Response:
+    return await _create_customer(request, await _json(request), allow_id=False)
+
+
+@api.get("/products/")
+async def products_list(request: Request, page: PageQ = 1, limit: LimitQ = 10) -> dict:
+    rows, total = _store(request).list_products(page=page, limit=limit)
+    return payloads.page([payloads.product(r) for r in rows], total, limit)
+
+
+@api.get("/products/{product_id}")
+async def products_get(request: Request, product_id: str) -> Response:
+    row = _store(request).get_product(product_id)
+    return JSONResponse(payloads.product(row)) if row else not_found()
+
+
+@api.get("/orders/")
+async def orders_list(
+    request: Request,
+    customer_id: str | None = None,
+    product_id: str | None = None,
+    page: PageQ = 1,
+    limit: LimitQ = 10,
+) -> dict:
+    store = _store(request)
+    rows, total = store.list_orders(
+        page=page, limit=limit, customer_id=customer_id, product_id=product_id
+    )
+    return payloads.page([_order_json(store, r) for r in rows], total, limit)
+
+
+@api.get("/orders/{order_id}")
+async def orders_get(request: Request, order_id: str) -> Response:
+    store = _store(request)
+    row = store.get_order(order_id)
+    return JSONResponse(_order_json(store, row)) if row else not_found()
+
+
+# -- admin surface -----------------------------------------------------------------------
+admin = APIRouter(prefix="/admin")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+@admin.post("/customers")
+async def admin_customers(request: Request) -> Response:
+    return await _create_customer(request, await _json(request), allow_id=True)
+
+
+@admin.post("/meters")
+async def admin_meters(request: Request) -> Response:
+    body = await _json(request)
+    if not isinstance(body.get("name"), str):
+        return bad_request("name is required")
+    filter_ = body.get("filter")
+    if filter_ is None:
+        if not isinstance(body.get("event_name"), str):
+            return bad_request("event_name (or a full filter) is required")
+        filter_ = sum_filter(body["event_name"])
+    if problem := metering.validate_filter(filter_):
+        return bad_request(problem)
+    aggregation = body.get("aggregation") or {
+        "func": "sum",
+        "property": body.get("property", "units"),
+    }
+    try:
+        row = _store(request).create_meter(
+            name=body["name"], filter=filter_, aggregation=aggregation, id=body.get("id")
+        )
+    except Conflict as e:
+        return bad_request(str(e), 409)
+    return JSONResponse(payloads.meter(row), status_code=201)
+
+
+@admin.post("/products")
+async def admin_products(request: Request) -> Response:
+    body = await _json(request)
+    if not isinstance(body.get("name"), str):
+        return bad_request("name is required")
+    if body.get("recurring_interval") not in (None, "day", "week", "month", "year"):
+        return bad_request("recurring_interval must be day, week, month, year or null")
+    try:
+        row = _store(request).create_product(
+            name=body["name"],
+            price_amount=int(body.get("price_amount", 1900)),
+            currency=body.get("currency", "usd"),
+            recurring_interval=body.get("recurring_interval"),
+            id=body.get("id"),
+        )
+    except Conflict as e:
+        return bad_request(str(e), 409)
+    return JSONResponse(payloads.product(row), status_code=201)
+
+
+async def _send(
+    request: Request, order_id: str, event_type: str, webhook_id: str | None, offset: int
+) -> dict[str, Any] | Response:
+    target: WebhookTarget = request.app.state.webhook_target
+    if not target.configured:
+        return bad_request(
+            "no webhook target: start with --webhook-url/--webhook-secret or "
+            "POST /admin/webhook-target",
+            409,
+        )
+    store = _store(request)
+    order = store.get_order(order_id)
+    if order is None:
+        return not_found()
+    sent_at = time.time()
+    payload = payloads.webhook_body(event_type, _order_json(store, order), sent_at)
+    return await deliver(
+        target, webhook_id or new_webhook_id(), event_type, payload, int(sent_at) + offset
+    )
+
+
+@admin.post("/orders")
+async def admin_orders(request: Request) -> Response:
+    body = await _json(request)
+    store = _store(request)
+    customer = store.get_customer(str(body.get("customer_id")))
+    product = store.get_product(str(body.get("product_id")))
+    if customer is None or product is None:
+        return bad_request("customer_id and product_id must name existing rows", 404)
+    billing_reason = body.get("billing_reason", "purchase")
+    subscription = body.get("subscription")
+    if subscription is None and billing_reason.startswith("subscription_"):
+        subscription = {"recurring_interval": product["recurring_interval"] or "month"}
+    if subscription is not None:
+        subscription = {"id": subscription.get("id") or new_id(), **subscription}
+    # Polar resets metered meters before it creates a renewal order: let tests do the same.
+    for meter_id in body.get("reset_meter_ids") or []:
+        store.add_system_event(
+            name="meter.reset", customer_id=customer["id"], metadata={"meter_id": meter_id}
+        )
+    amount = body.get("amount")
+    order = store.create_order(
+        customer_id=customer["id"],
+        product_id=product["id"],
+        billing_reason=billing_reason,
+        seats=body.get("seats"),
+        metadata=body.get("metadata") or {},
+        amount=product["price_amount"] if amount is None else int(amount),
+        currency=product["currency"],
+        subscription=subscription,
+    )
+    delivery = None
+    if body.get("deliver", True) and request.app.state.webhook_target.configured:
+        delivery = await _send(request, order["id"], "order.paid", None, 0)
+    return JSONResponse({"order": _order_json(store, order), "delivery": delivery}, status_code=201)
+
+
+@admin.post("/webhooks/send")
+async def admin_webhooks_send(request: Request) -> Response:
+    body = await _json(request)
+    result = await _send(
+        request,
+        str(body.get("order_id")),
+        body.get("type", "order.paid"),
+        body.get("webhook_id"),
+        int(body.get("timestamp_offset_seconds", 0)),
+    )
+    return result if isinstance(result, Response) else JSONResponse(result)
+
+
+@admin.post("/webhook-target")
+async def admin_webhook_target(request: Request) -> dict:
+    body = await _json(request)
+    request.app.state.webhook_target = WebhookTarget(body.get("url"), body.get("secret"))
+    return {"url": body.get("url"), "configured": request.app.state.webhook_target.configured}
+
+
+@admin.post("/faults")
+async def admin_faults_add(request: Request) -> Response:
+    body = await _json(request)
+    status = body.get("status")
+    if status is not None and status not in FAULT_STATUSES:
+        return bad_request(f"status must be one of {FAULT_STATUSES} or null")
+    if not isinstance(body.get("endpoint"), str):
+        return bad_request("endpoint is required, e.g. events.ingest")
+    fault = Fault(
+        endpoint=body["endpoint"],
+        status=status,
+        count=int(body.get("count", 1)),
+        retry_after=body.get("retry_after"),
+        latency_ms=int(body.get("latency_ms", 0)),
+    )
+    request.app.state.faults.add(fault)
+    return JSONResponse({"faults": request.app.state.faults.list()}, status_code=201)
+
+
+@admin.get("/faults")
+async def admin_faults_list(request: Request) -> dict:
+    return {"faults": request.app.state.faults.list()}
+
+
+@admin.delete("/faults")
+async def admin_faults_clear(request: Request) -> dict:
+    request.app.state.faults.clear()
+    return {"faults": []}
+
+
+@admin.get("/requests")
+async def admin_requests(request: Request, endpoint: str | None = None) -> dict:
+    return {"requests": request.app.state.faults.requests(endpoint)}
+
+
+@admin.get("/events")
+async def admin_events(request: Request, customer_id: str | None = None) -> dict:
+    rows = _store(request).all_events(customer_id)
+    return {
+        "events": [
+            {
+                **{
+                    k: r[k]
+                    for k in (
+                        "id",
+                        "name",
+                        "source",
+                        "customer_id",
+                        "external_customer_id",
+                        "external_id",
+                        "metadata",
+                        "ts",
+                        "ingested_at",
+                    )
+                },
+                "timestamp": iso(r["ts"]),
+            }
+            for r in rows
+        ]
+    }
+
+
+async def _meter_system_event(request: Request, name: str) -> Response:
+    body = await _json(request)
+    store = _store(request)
+    if (
+        store.get_customer(str(body.get("customer_id"))) is None
+        or store.get_meter(str(body.get("meter_id"))) is None
+    ):
+        return bad_request("customer_id and meter_id must name existing rows", 404)
+    metadata: dict[str, Any] = {"meter_id": body["meter_id"]}
+    if name == "meter.credited":
+        metadata |= {"units": int(body.get("units", 0)), "rollover": False}
+    store.add_system_event(name=name, customer_id=body["customer_id"], metadata=metadata)
+    return JSONResponse({"ok": True, "event": name})
+
+
+@admin.post("/customer-meters/credit")
+async def admin_credit(request: Request) -> Response:
+    """Adds a meter.credited system event, as Polar's Meter Credits benefit does."""
+    return await _meter_system_event(request, "meter.credited")
+
+
+@admin.post("/customer-meters/reset")
+async def admin_reset(request: Request) -> Response:
+    """Adds a meter.reset system event: earlier events stop counting."""
+    return await _meter_system_event(request, "meter.reset")
+
+
+# -- application -------------------------------------------------------------------------
+def create_app(config: StandinConfig) -> FastAPI:
+    app = FastAPI(title="Polar stand-in", docs_url="/docs", redoc_url=None)
+    app.state.store = Store(config.db_path, balance_lag=config.balance_lag)
+    seed(app.state.store)
+    app.state.webhook_target = WebhookTarget(config.webhook_url, config.webhook_secret)
+    app.state.faults = FaultBoard()
+    expected = f"Bearer {config.token}".encode()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.middleware("http")
+    async def gatekeeper(request: Request, call_next: Any) -> Response:
+        started = time.monotonic()
+        path = request.url.path
+        endpoint = endpoint_name(request.method, path)
+        response = await _gate(request, call_next, endpoint, expected)
+        if endpoint is not None:
+            app.state.faults.record(endpoint, response.status_code)
+        # Path only: query strings may carry emails. Never headers (token, secrets).
+        log.info(
+            "%s %s %s %.1fms",
+            request.method,
+            path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    app.include_router(api)
+    app.include_router(admin)
+    return app
+
+
+async def _gate(
+    request: Request, call_next: Any, endpoint: str | None, expected: bytes
+) -> Response:
+    path = request.url.path
+    if path.startswith(("/v1/", "/admin/")):
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return JSONResponse(
+                {"error": "Unauthorized", "detail": "Missing or invalid bearer token"},
+                status_code=401,
+            )
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return bad_request("Request body too large", 413)
+    fault = request.app.state.faults.take(endpoint) if endpoint else None
+    if fault is not None:
+        if fault.latency_ms:
+            await asyncio.sleep(fault.latency_ms / 1000)
+        if fault.status == 429:
+            # Polar answers 429 with an empty body and an integer retry-after.
+            headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
+            return Response(status_code=429, headers=headers)
+        if fault.status is not None:
+            return JSONResponse(
+                {"error": "InjectedFault", "detail": "Injected by the stand-in"},
+                status_code=fault.status,
+            )
+    return await call_next(request)

@@ -1,0 +1,259 @@
+"""Builds Polar-shaped JSON (API version 2026-10) from stand-in rows.
+
+Every shape here must load with polar-sdk's own models; the tests check that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from polar_standin.clock import iso
+from polar_standin.seed import ORGANIZATION_ID
+
+
+def _opt_iso(ts: float | None) -> str | None:
+    return None if ts is None else iso(ts)
+
+
+def page(items: list[dict[str, Any]], total: int, limit: int) -> dict[str, Any]:
+    return {
+        "items": items,
+        "pagination": {"total_count": total, "max_page": math.ceil(total / limit) if limit else 0},
+    }
+
+
+def customer(row: dict[str, Any], first_event_at: float | None = None) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "created_at": iso(row["created_at"]),
+        "modified_at": _opt_iso(row["modified_at"]),
+        "metadata": row["metadata"],
+        "external_id": row["external_id"],
+        "email": row["email"],
+        "email_verified": False,
+        "type": "individual",
+        "name": row["name"],
+        "billing_name": row["name"],
+        "billing_address": None,
+        "tax_id": None,
+        "locale": None,
+        "organization_id": ORGANIZATION_ID,
+        "default_payment_method_id": None,
+        "deleted_at": None,
+        "first_user_event_at": _opt_iso(first_event_at),
+        "avatar_url": None,
+    }
+
+
+def meter(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {},
+        "created_at": iso(row["created_at"]),
+        "modified_at": None,
+        "id": row["id"],
+        "name": row["name"],
+        "unit": "scalar",
+        "custom_label": None,
+        "custom_multiplier": None,
+        "filter": row["filter"],
+        "aggregation": row["aggregation"],
+        "organization_id": ORGANIZATION_ID,
+        "archived_at": None,
+    }
+
+
+def _product_core(row: dict[str, Any]) -> dict[str, Any]:
+    recurring = row["recurring_interval"]
+    return {
+        "metadata": {},
+        "id": row["id"],
+        "created_at": iso(row["created_at"]),
+        "modified_at": None,
+        "trial_interval": None,
+        "trial_interval_count": None,
+        "name": row["name"],
+        "description": None,
+        "visibility": "public",
+        "recurring_interval": recurring,
+        "recurring_interval_count": 1 if recurring else None,
+        "meter_interval": None,
+        "meter_interval_count": None,
+        "is_recurring": recurring is not None,
+        "is_archived": False,
+        "organization_id": ORGANIZATION_ID,
+    }
+
+
+def product(row: dict[str, Any]) -> dict[str, Any]:
+    price = {
+        "created_at": iso(row["created_at"]),
+        "modified_at": None,
+        "id": row["price_id"],
+        "source": "catalog",
+        "amount_type": "fixed",
+        "price_currency": row["currency"],
+        "tax_behavior": None,
+        "is_archived": False,
+        "product_id": row["id"],
+        "price_amount": row["price_amount"],
+    }
+    return {
+        **_product_core(row),
+        "is_deletable": False,
+        "prices": [price],
+        "benefits": [],
+        "medias": [],
+        "attached_custom_fields": [],
+    }
+
+
+def _order_customer(row: dict[str, Any]) -> dict[str, Any]:
+    return customer(row)
+
+
+def subscription(sub: dict[str, Any], order: dict[str, Any]) -> dict[str, Any]:
+    """Fills an order's stored subscription dict up to Polar's OrderSubscription shape."""
+    created = iso(order["created_at"])
+    return {
+        "metadata": {},
+        "created_at": sub.get("created_at", created),
+        "modified_at": None,
+        "id": sub["id"],
+        "amount": order["amount"],
+        "currency": order["currency"],
+        "recurring_interval": sub.get("recurring_interval", "month"),
+        "recurring_interval_count": sub.get("recurring_interval_count", 1),
+        "status": sub.get("status", "active"),
+        "current_period_start": sub.get("current_period_start", created),
+        "current_period_end": sub.get("current_period_end", created),
+        "current_meter_period_start": None,
+        "current_meter_period_end": None,
+        "trial_start": None,
+        "trial_end": None,
+        "cancel_at_period_end": sub.get("cancel_at_period_end", False),
+        "canceled_at": sub.get("canceled_at"),
+        "started_at": sub.get("started_at", created),
+        "ends_at": sub.get("ends_at"),
+        "ended_at": sub.get("ended_at"),
+        "past_due_at": None,
+        "pause_at_period_end": False,
+        "paused_at": None,
+        "resumes_at": None,
+        "customer_id": order["customer_id"],
+        "product_id": order["product_id"],
+        "discount_id": None,
+        "checkout_id": None,
+        "seats": order["seats"],
+        "units": None,
+        "customer_cancellation_reason": None,
+        "customer_cancellation_comment": None,
+    }
+
+
+def order(row: dict[str, Any], customer_row: dict[str, Any], product_row: dict[str, Any]) -> dict:
+    created = iso(row["created_at"])
+    amount = row["amount"]
+    sub = row.get("subscription")
+    return {
+        "id": row["id"],
+        "created_at": created,
+        "modified_at": created,
+        "status": "paid",
+        "paid": True,
+        "subtotal_amount": amount,
+        "discount_amount": 0,
+        "net_amount": amount,
+        "tax_amount": 0,
+        "total_amount": amount,
+        "applied_balance_amount": 0,
+        "due_amount": 0,
+        "refunded_amount": 0,
+        "refunded_tax_amount": 0,
+        "currency": row["currency"],
+        "billing_reason": row["billing_reason"],
+        "billing_name": customer_row["name"],
+        "billing_address": None,
+        "invoice_number": None,
+        "is_invoice_generated": False,
+        "receipt_number": None,
+        "seats": row["seats"],
+        "units": None,
+        "customer_id": row["customer_id"],
+        "product_id": row["product_id"],
+        "discount_id": None,
+        "subscription_id": sub["id"] if sub else None,
+        "checkout_id": None,
+        "next_payment_attempt_at": None,
+        "metadata": row["metadata"],
+        "custom_field_data": {},
+        "platform_fee_amount": 0,
+        "platform_fee_currency": None,
+        "customer": _order_customer(customer_row),
+        "product": _product_core(product_row),
+        "discount": None,
+        "subscription": subscription(sub, row) if sub else None,
+        "items": [
+            {
+                "created_at": created,
+                "modified_at": None,
+                "id": row["id"],
+                "label": product_row["name"],
+                "amount": amount,
+                "tax_amount": 0,
+                "proration": False,
+                "product_price_id": product_row["price_id"],
+                "start_timestamp": None,
+                "end_timestamp": None,
+            }
+        ],
+        "description": product_row["name"],
+        "refundable_amount": amount,
+        "refundable_tax_amount": 0,
+    }
+
+
+def customer_meter(
+    row: dict[str, Any], customer_json: dict[str, Any], meter_json: dict[str, Any]
+) -> dict[str, Any]:
+    consumed = float(row["consumed"])
+    credited = int(row["credited"])
+    return {
+        "id": row["id"],
+        "created_at": iso(row["created_at"]),
+        "modified_at": _opt_iso(row["modified_at"]),
+        "customer_id": row["customer_id"],
+        "meter_id": row["meter_id"],
+        "consumed_units": consumed,
+        "credited_units": credited,
+        "balance": float(credited - consumed),
+        "customer": customer_json,
+        "meter": meter_json,
+    }
+
+
+_SYSTEM_LABELS = {"meter.credited": "Meter credited", "meter.reset": "Meter reset"}
+
+
+def event(row: dict[str, Any], customer_json: dict[str, Any] | None) -> dict[str, Any]:
+    system = row["source"] == "system"
+    return {
+        "id": row["id"],
+        "timestamp": iso(row["ts"]),
+        "organization_id": ORGANIZATION_ID,
+        "customer_id": customer_json["id"] if customer_json else row["customer_id"],
+        "customer": customer_json,
+        "external_customer_id": row["external_customer_id"],
+        "member_id": None,
+        "external_member_id": None,
+        "child_count": 0,
+        "parent_id": None,
+        "label": _SYSTEM_LABELS.get(row["name"], row["name"]) if system else row["name"],
+        "name": row["name"],
+        "source": row["source"],
+        "metadata": row["metadata"],
+    }
+
+
+def webhook_body(event_type: str, data: dict[str, Any], timestamp: float) -> dict[str, Any]:
+    return {"type": event_type, "timestamp": iso(timestamp), "api_version": "2026-10", "data": data}

