@@ -412,6 +412,7 @@ async def admin_faults_add(request: Request) -> Response:
         count=int(body.get("count", 1)),
         retry_after=body.get("retry_after"),
         latency_ms=int(body.get("latency_ms", 0)),
+        response_delay_ms=int(body.get("response_delay_ms", 0)),
     )
     request.app.state.faults.add(fault)
     return JSONResponse({"faults": request.app.state.faults.list()}, status_code=201)
@@ -550,4 +551,8 @@ async def _gate(
                 {"error": "InjectedFault", "detail": "Injected by the stand-in"},
                 status_code=fault.status,
             )
+        if fault.response_delay_ms:
+            response = await call_next(request)
+            await asyncio.sleep(fault.response_delay_ms / 1000)
+            return response
     return await call_next(request)

@@ -20,6 +20,9 @@ class Fault:
     count: int
     retry_after: int | None = None
     latency_ms: int = 0
+    # Answer only after this delay, once the request has been carried out: the client times
+    # out although Polar stored what it sent (the case idempotency keys exist for).
+    response_delay_ms: int = 0
 
 
 class FaultBoard:

@@ -180,14 +180,17 @@ async def test_ingest_activity_run_twice_is_deduplicated_by_polar(stack: Stack) 
 async def test_timed_out_ingest_is_retried_without_double_grant(stack: Stack) -> None:
     """Polar stores the events but the answer never arrives in time: the retry is a duplicate."""
     customer_id = new_customer(stack)
-    # Longer than the SDK timeout (5 s) the test client uses.
-    stack.standin.add_fault("events.ingest", status=None, count=1, latency_ms=6500)
+    # Stored at once, answered after the SDK timeout (5 s) the test client uses.
+    stack.standin.add_fault("events.ingest", status=None, count=1, response_delay_ms=6500)
     try:
         placed = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID)
         state = await result_of(stack, placed["delivery"]["body"]["workflow_id"])
     finally:
         stack.standin.clear_faults()
     assert state.status == "verified"
+    # The retry's events were already stored: Polar counted them as duplicates.
+    assert state.ingest is not None
+    assert (state.ingest.inserted, state.ingest.duplicates) == (0, 1)
     assert len(grant_events(stack, customer_id)) == 1
     assert await balance(stack, customer_id) == 10
 

