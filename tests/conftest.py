@@ -81,15 +81,26 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
-    db = tmp_path_factory.mktemp("standin") / "standin.sqlite3"
-    process = StandinProcess(db, balance_lag=0.0).start()
+def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
+    """A running stand-in holding the meter and products the test rules refer to."""
+    process = StandinProcess(db, balance_lag=balance_lag).start()
     try:
         process.create_meter(name="API calls", event_name="api_usage", id=METER_ID)
         process.create_product(name="Credit pack", id=CREDIT_PRODUCT_ID)
         process.create_product(name="Pro monthly", id=SUBSCRIPTION_PRODUCT_ID)
         process.create_product(name="T-shirt", id=UNRULED_PRODUCT_ID)
+    except Exception:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
+    process = seeded_standin(
+        tmp_path_factory.mktemp("standin") / "standin.sqlite3", balance_lag=0.0
+    )
+    try:
         yield process
     finally:
         process.stop()

@@ -36,6 +36,21 @@ def new_customer(stack: Stack) -> str:
     return stack.standin.create_customer(email=f"ada+{suffix}@example.com", name=NAME)["id"]
 
 
+def undelivered_order(stack: Stack) -> tuple[str, str]:
+    """A paid order whose webhook has not been sent: (customer id, order id)."""
+    customer_id = new_customer(stack)
+    placed = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)
+    return customer_id, placed["order"]["id"]
+
+
+async def post_signed(stack: Stack, http: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await http.post(
+        f"{stack.api_url}/webhooks/polar",
+        content=body,
+        headers=polar_signed_headers(WEBHOOK_SECRET, body),
+    )
+
+
 async def result_of(stack: Stack, workflow_id: str) -> OrderCreditsState:
     handle = stack.temporal.get_workflow_handle(workflow_id, result_type=OrderCreditsState)
     return await asyncio.wait_for(handle.result(), timeout=60)
@@ -126,10 +141,7 @@ async def test_paid_order_grants_units_once_and_verifies_balance(stack: Stack) -
 
 async def test_five_deliveries_of_one_order_grant_once(stack: Stack) -> None:
     for concurrent in (True, False):
-        customer_id = new_customer(stack)
-        order_id = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
-            "order"
-        ]["id"]
+        customer_id, order_id = undelivered_order(stack)
         # Same webhook id (Polar's own retries) and new ids (other events, manual redelivery).
         ids = ["msg_same", "msg_same", None, None, "msg_other"]
         if concurrent:
@@ -210,10 +222,7 @@ async def test_timed_out_ingest_is_retried_without_double_grant(stack: Stack) ->
 async def test_rejected_requests_change_nothing(
     stack: Stack, http: httpx.AsyncClient, case: str, expected: int
 ) -> None:
-    customer_id = new_customer(stack)
-    order_id = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
-        "order"
-    ]["id"]
+    customer_id, order_id = undelivered_order(stack)
     body = await order_paid_body(stack, order_id)
     headers = polar_signed_headers(WEBHOOK_SECRET, body)
     if case == "bad_signature":
@@ -248,16 +257,9 @@ async def test_rejected_requests_change_nothing(
 async def test_events_the_service_does_not_act_on_are_acknowledged_and_ignored(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
-    customer_id = new_customer(stack)
-    order_id = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
-        "order"
-    ]["id"]
+    customer_id, order_id = undelivered_order(stack)
     body = (await order_paid_body(stack, order_id)).replace(b'"order.paid"', b'"order.created"')
-    response = await http.post(
-        f"{stack.api_url}/webhooks/polar",
-        content=body,
-        headers=polar_signed_headers(WEBHOOK_SECRET, body),
-    )
+    response = await post_signed(stack, http, body)
     assert response.status_code == 202
     assert response.json()["status"] == "ignored"
     await assert_no_run(stack, order_id)
@@ -296,17 +298,10 @@ async def test_polar_429_is_waited_out_before_the_grant(stack: Stack) -> None:
 async def test_unknown_customer_fails_the_run_with_its_reason(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
-    customer_id = new_customer(stack)
-    order_id = stack.standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)[
-        "order"
-    ]["id"]
+    customer_id, order_id = undelivered_order(stack)
     ghost = str(uuid.uuid4())
     body = await order_paid_body(stack, order_id, customer_id=ghost)
-    response = await http.post(
-        f"{stack.api_url}/webhooks/polar",
-        content=body,
-        headers=polar_signed_headers(WEBHOOK_SECRET, body),
-    )
+    response = await post_signed(stack, http, body)
     assert response.status_code == 202
 
     handle = stack.temporal.get_workflow_handle(order_workflow_id(order_id))

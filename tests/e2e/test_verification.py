@@ -21,7 +21,13 @@ from polar_credits.models import (
     VerificationPolicy,
 )
 from polar_credits.rules import parse_rules
-from tests.conftest import CREDIT_PRODUCT_ID, METER_ID, TEST_RULES, WEBHOOK_SECRET
+from tests.conftest import (
+    CREDIT_PRODUCT_ID,
+    METER_ID,
+    TEST_RULES,
+    WEBHOOK_SECRET,
+    seeded_standin,
+)
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
@@ -34,12 +40,8 @@ LAG = 2.0
 
 @pytest.fixture(scope="module")
 def laggy_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandinProcess]:
-    process = StandinProcess(
-        tmp_path_factory.mktemp("laggy") / "standin.sqlite3", balance_lag=LAG
-    ).start()
+    process = seeded_standin(tmp_path_factory.mktemp("laggy") / "standin.sqlite3", balance_lag=LAG)
     try:
-        process.create_meter(name="API calls", event_name="api_usage", id=METER_ID)
-        process.create_product(name="Credit pack", id=CREDIT_PRODUCT_ID)
         yield process
     finally:
         process.stop()
