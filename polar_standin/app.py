@@ -19,7 +19,7 @@ from polar_standin.faults import FAULT_STATUSES, Fault, FaultBoard, endpoint_nam
 from polar_standin.ingest import MAX_BODY_BYTES, error, validate_batch
 from polar_standin.seed import seed, sum_filter
 from polar_standin.store import Conflict, Store, UnknownCustomers, new_id
-from polar_standin.webhooks import WebhookTarget, deliver, new_webhook_id
+from polar_standin.webhooks import Dispatcher, WebhookTarget
 
 log = logging.getLogger("polar_standin")
 
@@ -324,8 +324,8 @@ async def admin_products(request: Request) -> Response:
 async def _send(
     request: Request, order_id: str, event_type: str, webhook_id: str | None, offset: int
 ) -> dict[str, Any] | Response:
-    target: WebhookTarget = request.app.state.webhook_target
-    if not target.configured:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    if not dispatcher.target.configured:
         return bad_request(
             "no webhook target: start with --webhook-url/--webhook-secret or "
             "POST /admin/webhook-target",
@@ -335,10 +335,8 @@ async def _send(
     order = store.get_order(order_id)
     if order is None:
         return not_found()
-    sent_at = time.time()
-    payload = payloads.webhook_body(event_type, _order_json(store, order), sent_at)
-    return await deliver(
-        target, webhook_id or new_webhook_id(), event_type, payload, int(sent_at) + offset
+    return await dispatcher.emit(
+        event_type, _order_json(store, order), webhook_id=webhook_id, timestamp_offset=offset
     )
 
 
@@ -373,7 +371,7 @@ async def admin_orders(request: Request) -> Response:
         subscription=subscription,
     )
     delivery = None
-    if body.get("deliver", True) and request.app.state.webhook_target.configured:
+    if body.get("deliver", True) and request.app.state.dispatcher.target.configured:
         delivery = await _send(request, order["id"], "order.paid", None, 0)
     return JSONResponse({"order": _order_json(store, order), "delivery": delivery}, status_code=201)
 
@@ -394,8 +392,9 @@ async def admin_webhooks_send(request: Request) -> Response:
 @admin.post("/webhook-target")
 async def admin_webhook_target(request: Request) -> dict:
     body = await _json(request)
-    request.app.state.webhook_target = WebhookTarget(body.get("url"), body.get("secret"))
-    return {"url": body.get("url"), "configured": request.app.state.webhook_target.configured}
+    target = WebhookTarget(body.get("url"), body.get("secret"))
+    request.app.state.dispatcher.target = target
+    return {"url": body.get("url"), "configured": target.configured}
 
 
 @admin.post("/faults")
@@ -493,7 +492,7 @@ def create_app(config: StandinConfig) -> FastAPI:
     app = FastAPI(title="Polar stand-in", docs_url="/docs", redoc_url=None)
     app.state.store = Store(config.db_path, balance_lag=config.balance_lag)
     seed(app.state.store)
-    app.state.webhook_target = WebhookTarget(config.webhook_url, config.webhook_secret)
+    app.state.dispatcher = Dispatcher(WebhookTarget(config.webhook_url, config.webhook_secret))
     app.state.faults = FaultBoard()
     expected = f"Bearer {config.token}".encode()
 

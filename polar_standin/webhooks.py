@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from polar_standin.clock import now
+from polar_standin.payloads import webhook_body
+
 DELIVERY_TIMEOUT_SECONDS = 10.0
 
 
@@ -68,3 +71,34 @@ async def deliver(
     except ValueError:
         answer = response.text
     return {**result, "status_code": response.status_code, "body": answer}
+
+
+class Dispatcher:
+    """The one way the stand-in emits a webhook event: domain code says *what* happened,
+    the dispatcher decides how it reaches the endpoint (signing, delivery, and later
+    retries, disabling and the deliveries log, as Polar does)."""
+
+    def __init__(self, target: WebhookTarget) -> None:
+        self.target = target
+
+    async def emit(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        webhook_id: str | None = None,
+        timestamp_offset: int = 0,
+        sent_at: float | None = None,
+    ) -> dict[str, Any] | None:
+        """Deliver one event now and report the endpoint's answer (None: no target set)."""
+        if not self.target.configured:
+            return None
+        sent_at = now() if sent_at is None else sent_at
+        payload = webhook_body(event_type, data, sent_at)
+        return await deliver(
+            self.target,
+            webhook_id or new_webhook_id(),
+            event_type,
+            payload,
+            int(sent_at) + timestamp_offset,
+        )
