@@ -6,7 +6,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help install run demo test lint
+.PHONY: help install run demo test lint bench
 
 help: ## Show these targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,3 +30,6 @@ test: $(VENV_STAMP) ## Run the test suite
 
 lint: $(VENV_STAMP) ## Check the code with ruff
 	$(VENV)/bin/ruff check .
+
+bench: $(VENV_STAMP) ## Benchmark the pipeline on a private stack (long; ARGS=--quick for a smoke run)
+	$(VENV_PYTHON) -m bench.pipeline $(ARGS)

@@ -1,0 +1,1 @@
+"""Benchmarks of polar-credits against its real local stack (`make bench`)."""
