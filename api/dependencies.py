@@ -10,11 +10,12 @@ from temporalio.client import Client
 from polar_credits.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# async: FastAPI runs sync dependencies in a thread pool, a needless hop per request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_temporal(request: Request) -> Client:
+async def get_temporal(request: Request) -> Client:
     return request.app.state.temporal
 
 

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         MeterVerification,
         OrderCreditsInput,
         OrderCreditsState,
+        OrderFacts,
     )
 
 # Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
@@ -58,6 +59,7 @@ class Status:
 class OrderCreditsWorkflow:
     def __init__(self) -> None:
         self._state: OrderCreditsState | None = None
+        self._published: str | None = None
 
     @workflow.run
     async def run(self, input: OrderCreditsInput) -> OrderCreditsState:
@@ -65,17 +67,14 @@ class OrderCreditsWorkflow:
         self._state = OrderCreditsState(
             order_id=order.order_id, customer_id=order.customer_id, status=Status.PENDING
         )
-        workflow.upsert_search_attributes(
-            [
-                sa.POLAR_ORDER_ID.value_set(order.order_id),
-                sa.POLAR_CUSTOMER_ID.value_set(order.customer_id),
-                *([sa.POLAR_PRODUCT_ID.value_set(order.product_id)] if order.product_id else []),
-                sa.CREDIT_STATUS.value_set(Status.PENDING),
-                sa.CREDIT_UNITS.value_set(0),
-            ]
-        )
+        # The starter normally sets these (findable before the first task runs); a run started
+        # any other way gets them here. Each upsert is a visibility write, so only if missing.
+        missing = _missing_identity_attributes(order)
+        if missing:
+            workflow.upsert_search_attributes(missing)
 
-        grants: list[Grant] = await workflow.execute_activity(
+        # Local activities: no server round trip per step, which matters on a busy cluster.
+        grants: list[Grant] = await workflow.execute_local_activity(
             "evaluate_rules",
             order,
             start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -83,10 +82,12 @@ class OrderCreditsWorkflow:
         )
         self._state.grants = grants
         if not grants:
-            self._set_status(Status.NO_RULE)
+            self._publish(Status.NO_RULE)
             return self._state
 
         try:
+            # A regular activity: while Polar is failing, operators see the pending activity
+            # and its last error in the UI.
             self._state.ingest = await workflow.execute_activity(
                 "ingest_grants",
                 grants,
@@ -97,20 +98,18 @@ class OrderCreditsWorkflow:
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
             self._state.failure = reason
-            self._set_status(Status.FAILED)
+            self._publish(Status.FAILED)
             raise ApplicationError(
                 f"Credits for order {order.order_id} were not granted: {reason}",
                 type=GRANT_REJECTED,
                 non_retryable=True,
             ) from err
 
-        workflow.upsert_search_attributes([sa.CREDIT_UNITS.value_set(sum(g.units for g in grants))])
-        self._set_status(Status.GRANTED)
-
+        self._state.status = Status.GRANTED
         for meter_grants in _by_meter(grants):
             self._state.verifications.append(await self._verify(input, meter_grants))
         verified = all(v.verified for v in self._state.verifications)
-        self._set_status(Status.VERIFIED if verified else Status.UNVERIFIED)
+        self._publish(Status.VERIFIED if verified else Status.UNVERIFIED)
         return self._state
 
     @workflow.query
@@ -142,7 +141,7 @@ class OrderCreditsWorkflow:
         interval = policy.first_interval_seconds
         while True:
             try:
-                reading: MeterReading = await workflow.execute_activity(
+                reading: MeterReading = await workflow.execute_local_activity(
                     "read_meter",
                     check,
                     start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -161,13 +160,30 @@ class OrderCreditsWorkflow:
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
                 return result
+            if self._published != Status.GRANTED:
+                self._publish(Status.GRANTED)  # visible while waiting for Polar
             await workflow.sleep(min(interval, remaining))
             interval = min(interval * 2, policy.max_interval_seconds)
 
-    def _set_status(self, status: str) -> None:
+    def _publish(self, status: str) -> None:
+        """Set the status, and show it (with the units granted) to operators."""
         assert self._state is not None
         self._state.status = status
-        workflow.upsert_search_attributes([sa.CREDIT_STATUS.value_set(status)])
+        self._published = status
+        units = sum(g.units for g in self._state.grants) if self._state.ingest else 0
+        workflow.upsert_search_attributes(
+            [sa.CREDIT_STATUS.value_set(status), sa.CREDIT_UNITS.value_set(units)]
+        )
+
+
+def _missing_identity_attributes(order: OrderFacts) -> list:
+    present = workflow.info().typed_search_attributes
+    wanted = [
+        (sa.POLAR_ORDER_ID, order.order_id),
+        (sa.POLAR_CUSTOMER_ID, order.customer_id),
+        (sa.POLAR_PRODUCT_ID, order.product_id),
+    ]
+    return [key.value_set(value) for key, value in wanted if value and present.get(key) is None]
 
 
 def _by_meter(grants: list[Grant]) -> list[list[Grant]]:
