@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
-import uvicorn
-
-from polar_standin.app import StandinConfig, create_app
+from polar_standin import cli
 
 
 def _parser() -> argparse.ArgumentParser:
+    from polar_standin import options  # imports the server (FastAPI): only `serve` needs it
+
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m polar_standin")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,10 +30,31 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env("STANDIN_BALANCE_LAG", "15")),
         help="seconds between a customer's last event and its balance update",
     )
+    serve.add_argument(
+        "--clock",
+        choices=("real", "manual"),
+        default=env("STANDIN_CLOCK", "real"),
+        help="manual: time stands still and moves only through POST /admin/clock/advance|set",
+    )
+    serve.add_argument(
+        "--clock-start",
+        default=env("STANDIN_CLOCK_START"),
+        help="ISO time a manual clock starts at, e.g. 2026-01-01T00:00:00Z (default: now)",
+    )
+    options.add_arguments(serve)
+    cli.add_commands(commands)  # the operator commands: customer, buy, subscribe, balance, fault...
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and cli.is_command(argv[0]):  # the operator CLI starts fast: no server imports
+        sys.exit(cli.main(argv))
+    import uvicorn
+
+    from polar_standin import options
+    from polar_standin.app import StandinConfig, create_app
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(
@@ -42,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             webhook_url=args.webhook_url,
             webhook_secret=args.webhook_secret,
             balance_lag=args.balance_lag,
+            clock=args.clock,
+            clock_start=args.clock_start,
+            **options.config_kwargs(args),
         )
     )
     logging.getLogger("polar_standin").info(

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import metering, payloads
-from polar_standin.clock import iso
-from polar_standin.faults import FAULT_STATUSES, Fault, FaultBoard, endpoint_name
+from polar_standin import delivery, lifecycle, metering, payloads, ratelimit
+from polar_standin.clock import Clock, install, iso, parse_iso
+from polar_standin.faults import (
+    Fault,
+    FaultBoard,
+    apply_fault,
+    endpoint_name,
+    fault_from_json,
+)
 from polar_standin.ingest import MAX_BODY_BYTES, error, validate_batch
 from polar_standin.seed import seed, sum_filter
 from polar_standin.store import Conflict, Store, UnknownCustomers, new_id
@@ -31,6 +36,12 @@ class StandinConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     balance_lag: float = 15.0
+    clock: str = "real"  # or "manual": time moves only through /admin/clock
+    clock_start: str | None = None  # ISO start of a manual clock (default: now)
+    webhook_timeout: float = 10.0
+    webhook_retry_scale: float = 1.0  # multiplies Polar's retry waits (tests: 0.001)
+    rate_limit: int = ratelimit.DEFAULT_PER_MINUTE
+    faults: list[Fault] = field(default_factory=list)  # armed at start-up
 
 
 def not_found() -> JSONResponse:
@@ -123,6 +134,8 @@ async def events_list(
     page: PageQ = 1,
     limit: LimitQ = 10,
     sorting: ManyQ = None,
+    start_timestamp: str | None = None,
+    end_timestamp: str | None = None,
 ) -> dict:
     store = _store(request)
     metadata = {
@@ -138,6 +151,8 @@ async def events_list(
         source=source,
         metadata=metadata,
         descending=not sorting or sorting[0] != "timestamp",
+        start=parse_iso(start_timestamp) if start_timestamp else None,
+        end=parse_iso(end_timestamp) if end_timestamp else None,
     )
     return payloads.page([_event_json(store, r) for r in rows], total, limit)
 
@@ -240,14 +255,31 @@ async def products_get(request: Request, product_id: str) -> Response:
 @api.get("/orders/")
 async def orders_list(
     request: Request,
-    customer_id: str | None = None,
-    product_id: str | None = None,
+    customer_id: ManyQ = None,
+    product_id: ManyQ = None,
+    subscription_id: ManyQ = None,
+    external_customer_id: ManyQ = None,
+    product_billing_type: ManyQ = None,
+    status: ManyQ = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
     page: PageQ = 1,
     limit: LimitQ = 10,
+    sorting: ManyQ = None,
 ) -> dict:
     store = _store(request)
     rows, total = store.list_orders(
-        page=page, limit=limit, customer_id=customer_id, product_id=product_id
+        page=page,
+        limit=limit,
+        customer_id=customer_id,
+        product_id=product_id,
+        subscription_id=subscription_id,
+        external_customer_id=external_customer_id,
+        status=status,
+        billing_type=product_billing_type,
+        created_after=parse_iso(created_after) if created_after else None,
+        created_before=parse_iso(created_before) if created_before else None,
+        descending=not sorting or sorting[0] != "created_at",
     )
     return payloads.page([_order_json(store, r) for r in rows], total, limit)
 
@@ -308,13 +340,21 @@ async def admin_products(request: Request) -> Response:
         return bad_request("name is required")
     if body.get("recurring_interval") not in (None, "day", "week", "month", "year"):
         return bad_request("recurring_interval must be day, week, month, year or null")
+    store = _store(request)
+    meters = [store.get_meter(str(m)) for m in body.get("metered_meter_ids") or []]
+    if None in meters:
+        return bad_request("metered_meter_ids must name existing meters", 404)
     try:
-        row = _store(request).create_product(
+        row = store.create_product(
             name=body["name"],
             price_amount=int(body.get("price_amount", 1900)),
             currency=body.get("currency", "usd"),
             recurring_interval=body.get("recurring_interval"),
             id=body.get("id"),
+            recurring_interval_count=int(body.get("recurring_interval_count") or 1),
+            metered_prices=[
+                {"meter_id": m["id"], "meter_name": m["name"], "price_id": new_id()} for m in meters
+            ],
         )
     except Conflict as e:
         return bad_request(str(e), 409)
@@ -399,20 +439,10 @@ async def admin_webhook_target(request: Request) -> dict:
 
 @admin.post("/faults")
 async def admin_faults_add(request: Request) -> Response:
-    body = await _json(request)
-    status = body.get("status")
-    if status is not None and status not in FAULT_STATUSES:
-        return bad_request(f"status must be one of {FAULT_STATUSES} or null")
-    if not isinstance(body.get("endpoint"), str):
-        return bad_request("endpoint is required, e.g. events.ingest")
-    fault = Fault(
-        endpoint=body["endpoint"],
-        status=status,
-        count=int(body.get("count", 1)),
-        retry_after=body.get("retry_after"),
-        latency_ms=int(body.get("latency_ms", 0)),
-        response_delay_ms=int(body.get("response_delay_ms", 0)),
-    )
+    try:
+        fault = fault_from_json(await _json(request))
+    except (ValueError, TypeError) as e:
+        return bad_request(str(e))
     request.app.state.faults.add(fault)
     return JSONResponse({"faults": request.app.state.faults.list()}, status_code=201)
 
@@ -490,10 +520,14 @@ async def admin_reset(request: Request) -> Response:
 # -- application -------------------------------------------------------------------------
 def create_app(config: StandinConfig) -> FastAPI:
     app = FastAPI(title="Polar stand-in", docs_url="/docs", redoc_url=None)
+    start = parse_iso(config.clock_start) if config.clock_start else None
+    app.state.clock = install(Clock(config.clock, start))  # before anything writes a time
     app.state.store = Store(config.db_path, balance_lag=config.balance_lag)
     seed(app.state.store)
     app.state.dispatcher = Dispatcher(WebhookTarget(config.webhook_url, config.webhook_secret))
     app.state.faults = FaultBoard()
+    for fault in config.faults:
+        app.state.faults.add(fault)
     expected = f"Bearer {config.token}".encode()
 
     @app.get("/healthz")
@@ -520,6 +554,9 @@ def create_app(config: StandinConfig) -> FastAPI:
 
     app.include_router(api)
     app.include_router(admin)
+    delivery.install(app, timeout=config.webhook_timeout, retry_scale=config.webhook_retry_scale)
+    ratelimit.install(app, config.rate_limit)
+    lifecycle.install(app)
     return app
 
 
@@ -534,24 +571,12 @@ async def _gate(
                 {"error": "Unauthorized", "detail": "Missing or invalid bearer token"},
                 status_code=401,
             )
+    if path.startswith("/v1/") and (wait := request.app.state.rate_limit.check()) is not None:
+        return ratelimit.too_many(wait)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         return bad_request("Request body too large", 413)
     fault = request.app.state.faults.take(endpoint) if endpoint else None
     if fault is not None:
-        if fault.latency_ms:
-            await asyncio.sleep(fault.latency_ms / 1000)
-        if fault.status == 429:
-            # Polar answers 429 with an empty body and an integer retry-after.
-            headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
-            return Response(status_code=429, headers=headers)
-        if fault.status is not None:
-            return JSONResponse(
-                {"error": "InjectedFault", "detail": "Injected by the stand-in"},
-                status_code=fault.status,
-            )
-        if fault.response_delay_ms:
-            response = await call_next(request)
-            await asyncio.sleep(fault.response_delay_ms / 1000)
-            return response
+        return await apply_fault(fault, request, call_next)
     return await call_next(request)

@@ -76,7 +76,9 @@ def _product_core(row: dict[str, Any]) -> dict[str, Any]:
         "description": None,
         "visibility": "public",
         "recurring_interval": recurring,
-        "recurring_interval_count": 1 if recurring else None,
+        "recurring_interval_count": (row.get("recurring_interval_count") or 1)
+        if recurring
+        else None,
         "meter_interval": None,
         "meter_interval_count": None,
         "is_recurring": recurring is not None,
@@ -101,10 +103,35 @@ def product(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **_product_core(row),
         "is_deletable": False,
-        "prices": [price],
+        "prices": [price, *(_metered_price(row, m) for m in row.get("metered_prices") or [])],
         "benefits": [],
         "medias": [],
         "attached_custom_fields": [],
+    }
+
+
+def _metered_price(row: dict[str, Any], metered: dict[str, Any]) -> dict[str, Any]:
+    """A metered_unit price on one meter, as Polar lists it next to the fixed price."""
+    return {
+        "created_at": iso(row["created_at"]),
+        "modified_at": None,
+        "id": metered["price_id"],
+        "source": "catalog",
+        "amount_type": "metered_unit",
+        "price_currency": row["currency"],
+        "tax_behavior": None,
+        "is_archived": False,
+        "product_id": row["id"],
+        "cap_amount": None,
+        "meter_id": metered["meter_id"],
+        "meter": {
+            "id": metered["meter_id"],
+            "name": metered["meter_name"],
+            "unit": "scalar",
+            "custom_label": None,
+            "custom_multiplier": None,
+        },
+        "unit_amount": str(metered.get("unit_amount", "0")),
     }
 
 
@@ -116,11 +143,11 @@ def subscription(sub: dict[str, Any], order: dict[str, Any]) -> dict[str, Any]:
     """Fills an order's stored subscription dict up to Polar's OrderSubscription shape."""
     created = iso(order["created_at"])
     return {
-        "metadata": {},
+        "metadata": sub.get("metadata", {}),
         "created_at": sub.get("created_at", created),
-        "modified_at": None,
+        "modified_at": sub.get("modified_at"),
         "id": sub["id"],
-        "amount": order["amount"],
+        "amount": sub.get("amount", order["amount"]),
         "currency": order["currency"],
         "recurring_interval": sub.get("recurring_interval", "month"),
         "recurring_interval_count": sub.get("recurring_interval_count", 1),
@@ -136,18 +163,61 @@ def subscription(sub: dict[str, Any], order: dict[str, Any]) -> dict[str, Any]:
         "started_at": sub.get("started_at", created),
         "ends_at": sub.get("ends_at"),
         "ended_at": sub.get("ended_at"),
-        "past_due_at": None,
+        "past_due_at": sub.get("past_due_at"),
         "pause_at_period_end": False,
-        "paused_at": None,
+        "paused_at": sub.get("paused_at"),
         "resumes_at": None,
         "customer_id": order["customer_id"],
         "product_id": order["product_id"],
         "discount_id": None,
         "checkout_id": None,
-        "seats": order["seats"],
+        "seats": sub.get("seats", order["seats"]),
         "units": None,
         "customer_cancellation_reason": None,
         "customer_cancellation_comment": None,
+    }
+
+
+_SUB_TIMES = (
+    "created_at",
+    "modified_at",
+    "current_period_start",
+    "current_period_end",
+    "canceled_at",
+    "started_at",
+    "ends_at",
+    "ended_at",
+    "past_due_at",
+    "paused_at",
+)
+
+
+def subscription_snapshot(row: dict[str, Any]) -> dict[str, Any]:
+    """The subscription as an order records it: its state when the order was made."""
+    snap = {k: row[k] for k in ("id", "status", "amount", "recurring_interval", "seats")}
+    snap |= {
+        "recurring_interval_count": row["recurring_interval_count"],
+        "cancel_at_period_end": bool(row["cancel_at_period_end"]),
+        "metadata": row["metadata"],
+    }
+    return snap | {k: _opt_iso(row[k]) for k in _SUB_TIMES}
+
+
+def subscription_full(
+    row: dict[str, Any], customer_row: dict[str, Any], product_row: dict[str, Any]
+) -> dict[str, Any]:
+    """Polar's Subscription resource (webhook data and /v1/subscriptions)."""
+    product_json = product(product_row)
+    core = subscription(subscription_snapshot(row), {**row, "seats": row["seats"]})
+    return {
+        **core,
+        "custom_field_data": {},
+        "customer": customer(customer_row),
+        "product": product_json,
+        "discount": None,
+        "prices": product_json["prices"],
+        "meters": [],
+        "pending_update": None,
     }
 
 
@@ -155,20 +225,23 @@ def order(row: dict[str, Any], customer_row: dict[str, Any], product_row: dict[s
     created = iso(row["created_at"])
     amount = row["amount"]
     sub = row.get("subscription")
+    status = row.get("status") or "paid"
+    refunded = row.get("refunded_amount") or 0
+    paid = status in ("paid", "refunded", "partially_refunded")
     return {
         "id": row["id"],
         "created_at": created,
-        "modified_at": created,
-        "status": "paid",
-        "paid": True,
+        "modified_at": _opt_iso(row.get("modified_at")) or created,
+        "status": status,
+        "paid": paid,
         "subtotal_amount": amount,
         "discount_amount": 0,
         "net_amount": amount,
         "tax_amount": 0,
         "total_amount": amount,
         "applied_balance_amount": 0,
-        "due_amount": 0,
-        "refunded_amount": 0,
+        "due_amount": 0 if paid else amount,
+        "refunded_amount": refunded,
         "refunded_tax_amount": 0,
         "currency": row["currency"],
         "billing_reason": row["billing_reason"],
@@ -208,7 +281,7 @@ def order(row: dict[str, Any], customer_row: dict[str, Any], product_row: dict[s
             }
         ],
         "description": product_row["name"],
-        "refundable_amount": amount,
+        "refundable_amount": amount - refunded if paid else 0,
         "refundable_tax_amount": 0,
     }
 

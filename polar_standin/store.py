@@ -27,16 +27,29 @@ CREATE TABLE IF NOT EXISTS meters (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, filter TEXT NOT NULL,
     aggregation TEXT NOT NULL, created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, product_id TEXT NOT NULL,
+    status TEXT NOT NULL, amount INTEGER NOT NULL, currency TEXT NOT NULL,
+    recurring_interval TEXT NOT NULL, recurring_interval_count INTEGER NOT NULL,
+    anchor REAL NOT NULL, cycle INTEGER NOT NULL DEFAULT 0,
+    current_period_start REAL NOT NULL, current_period_end REAL NOT NULL,
+    cancel_at_period_end INTEGER NOT NULL DEFAULT 0, canceled_at REAL, started_at REAL,
+    ends_at REAL, ended_at REAL, past_due_at REAL, paused_at REAL, seats INTEGER,
+    metadata TEXT NOT NULL, pending_order_id TEXT, created_at REAL NOT NULL, modified_at REAL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_due ON subscriptions (status, current_period_end);
 CREATE TABLE IF NOT EXISTS products (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, price_id TEXT NOT NULL,
     price_amount INTEGER NOT NULL, currency TEXT NOT NULL, recurring_interval TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL, recurring_interval_count INTEGER NOT NULL DEFAULT 1,
+    metered_prices TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, product_id TEXT NOT NULL,
     billing_reason TEXT NOT NULL, seats INTEGER, metadata TEXT NOT NULL,
     amount INTEGER NOT NULL, currency TEXT NOT NULL, subscription TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'paid',
+    refunded_amount INTEGER NOT NULL DEFAULT 0, modified_at REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
@@ -46,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_customer ON events (customer_id);
 CREATE INDEX IF NOT EXISTS events_external_customer ON events (external_customer_id);
+CREATE INDEX IF NOT EXISTS orders_created ON orders (created_at);
 CREATE TABLE IF NOT EXISTS customer_meters (
     id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, meter_id TEXT NOT NULL,
     consumed REAL NOT NULL DEFAULT 0, credited INTEGER NOT NULL DEFAULT 0,
@@ -53,6 +67,19 @@ CREATE TABLE IF NOT EXISTS customer_meters (
     UNIQUE (customer_id, meter_id)
 );
 """
+
+# Columns added after the first release: databases made before get them on open.
+_ADDED_COLUMNS = {
+    "products": {
+        "recurring_interval_count": "INTEGER NOT NULL DEFAULT 1",
+        "metered_prices": "TEXT NOT NULL DEFAULT '[]'",
+    },
+    "orders": {
+        "status": "TEXT NOT NULL DEFAULT 'paid'",
+        "refunded_amount": "INTEGER NOT NULL DEFAULT 0",
+        "modified_at": "REAL",
+    },
+}
 
 
 class NotFound(Exception):
@@ -79,7 +106,7 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
     data = dict(row)
-    for key in ("metadata", "filter", "aggregation", "subscription"):
+    for key in ("metadata", "filter", "aggregation", "subscription", "metered_prices"):
         if isinstance(data.get(key), str):
             data[key] = json.loads(data[key])
     return data
@@ -94,7 +121,15 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -111,6 +146,12 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """The shared connection under the store's lock, for modules keeping their own tables."""
+        with self._lock:
+            yield self._db
 
     # -- small query helpers ---------------------------------------------------------
     def _one(self, sql: str, args: Iterable[Any] = ()) -> dict[str, Any] | None:
@@ -218,13 +259,27 @@ class Store:
         currency: str,
         recurring_interval: str | None,
         id: str | None = None,
+        recurring_interval_count: int = 1,
+        metered_prices: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         product_id = id or new_id()
         try:
             with self._tx():
                 self._db.execute(
-                    "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (product_id, name, new_id(), price_amount, currency, recurring_interval, now()),
+                    "INSERT INTO products (id, name, price_id, price_amount, currency, "
+                    "recurring_interval, created_at, recurring_interval_count, metered_prices) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        product_id,
+                        name,
+                        new_id(),
+                        price_amount,
+                        currency,
+                        recurring_interval,
+                        now(),
+                        recurring_interval_count,
+                        json.dumps(metered_prices or []),
+                    ),
                 )
         except sqlite3.IntegrityError as e:
             raise Conflict("a product with this id exists") from e
@@ -248,11 +303,15 @@ class Store:
         amount: int,
         currency: str,
         subscription: dict | None,
+        status: str = "paid",
     ) -> dict[str, Any]:
         order_id = new_id()
+        at = now()
         with self._tx():
             self._db.execute(
-                "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO orders (id, customer_id, product_id, billing_reason, seats, "
+                "metadata, amount, currency, subscription, created_at, status, modified_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     order_id,
                     customer_id,
@@ -263,9 +322,18 @@ class Store:
                     amount,
                     currency,
                     json.dumps(subscription) if subscription else None,
-                    now(),
+                    at,
+                    status,
+                    at,
                 ),
             )
+        return self.get_order(order_id)
+
+    def update_order(self, order_id: str, **fields: Any) -> dict[str, Any]:
+        fields["modified_at"] = now()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx():
+            self._db.execute(f"UPDATE orders SET {sets} WHERE id = ?", [*fields.values(), order_id])
         return self.get_order(order_id)
 
     def get_order(self, order_id: str) -> dict[str, Any] | None:
@@ -276,17 +344,110 @@ class Store:
         *,
         page: int,
         limit: int,
-        customer_id: str | None = None,
-        product_id: str | None = None,
+        customer_id: list[str] | None = None,
+        product_id: list[str] | None = None,
+        subscription_id: list[str] | None = None,
+        status: list[str] | None = None,
+        billing_type: list[str] | None = None,
+        external_customer_id: list[str] | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        descending: bool = True,
     ) -> tuple[list[dict], int]:
         where, args = [], []
-        if customer_id is not None:
-            where.append("customer_id = ?")
-            args.append(customer_id)
-        if product_id is not None:
-            where.append("product_id = ?")
-            args.append(product_id)
-        return self._page("orders", where, args, page, limit)
+        for column, values in (
+            ("customer_id", customer_id),
+            ("product_id", product_id),
+            ("json_extract(subscription, '$.id')", subscription_id),
+            ("status", status),
+        ):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args += values
+        if billing_type and set(billing_type) != {"one_time", "recurring"}:
+            # Polar: recurring = subscription creations and renewals, one_time = purchases.
+            where.append("billing_reason " + ("=" if "one_time" in billing_type else "!=") + " ?")
+            args.append("purchase")
+        if external_customer_id:
+            marks = ", ".join("?" * len(external_customer_id))
+            where.append(
+                f"customer_id IN (SELECT id FROM customers WHERE external_id IN ({marks}))"
+            )
+            args += external_customer_id
+        if created_after is not None:
+            where.append("created_at > ?")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at < ?")
+            args.append(created_before)
+        order = "created_at DESC, rowid DESC" if descending else "created_at, rowid"
+        return self._page("orders", where, args, page, limit, order=order)
+
+    # -- subscriptions ---------------------------------------------------------------
+    def create_subscription(self, **fields: Any) -> dict[str, Any]:
+        fields = {"id": new_id(), "created_at": now(), **fields}
+        fields["metadata"] = json.dumps(fields.get("metadata") or {})
+        with self._tx():
+            self._db.execute(
+                f"INSERT INTO subscriptions ({', '.join(fields)}) "
+                f"VALUES ({', '.join('?' * len(fields))})",
+                list(fields.values()),
+            )
+        return self.get_subscription(fields["id"])
+
+    def update_subscription(self, subscription_id: str, **fields: Any) -> dict[str, Any]:
+        fields["modified_at"] = now()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx():
+            self._db.execute(
+                f"UPDATE subscriptions SET {sets} WHERE id = ?",
+                [*fields.values(), subscription_id],
+            )
+        return self.get_subscription(subscription_id)
+
+    def get_subscription(self, subscription_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM subscriptions WHERE id = ?", [subscription_id])
+
+    def next_due_subscription(self, until: float) -> dict[str, Any] | None:
+        """The active subscription whose period ends first, if that is at or before `until`."""
+        return self._one(
+            "SELECT * FROM subscriptions WHERE status = 'active' AND current_period_end <= ? "
+            "ORDER BY current_period_end, created_at LIMIT 1",
+            [until],
+        )
+
+    def list_subscriptions(
+        self,
+        *,
+        page: int,
+        limit: int,
+        customer_id: list[str] | None = None,
+        product_id: list[str] | None = None,
+        status: list[str] | None = None,
+        external_customer_id: list[str] | None = None,
+        cancel_at_period_end: bool | None = None,
+        descending: bool = True,
+    ) -> tuple[list[dict], int]:
+        where, args = [], []
+        for column, values in (
+            ("customer_id", customer_id),
+            ("product_id", product_id),
+            ("status", status),
+        ):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args += values
+        if external_customer_id:
+            marks = ", ".join("?" * len(external_customer_id))
+            where.append(
+                f"customer_id IN (SELECT id FROM customers WHERE external_id IN ({marks}))"
+            )
+            args += external_customer_id
+        if cancel_at_period_end is not None:
+            where.append("cancel_at_period_end = ?")
+            args.append(int(cancel_at_period_end))
+        order = "started_at DESC, rowid DESC" if descending else "started_at, rowid"
+        return self._page("subscriptions", where, args, page, limit, order=order)
 
     # -- events ----------------------------------------------------------------------
     def ingest(self, events: list[dict[str, Any]]) -> tuple[int, int]:
@@ -377,8 +538,16 @@ class Store:
         source: list[str] | None = None,
         metadata: dict[str, str] | None = None,
         descending: bool = True,
+        start: float | None = None,
+        end: float | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
         where, args = [], []
+        if start is not None:
+            where.append("ts >= ?")
+            args.append(start)
+        if end is not None:
+            where.append("ts <= ?")
+            args.append(end)
         if customer_id is not None:
             customer = self.get_customer(customer_id)
             where.append(
@@ -467,20 +636,22 @@ class Store:
             "SELECT external_id FROM customers WHERE id = ?", (customer_id,)
         ).fetchone()
         rows = self._db.execute(
-            "SELECT name, source, ts, metadata FROM events WHERE customer_id = ? OR "
+            "SELECT name, source, ts, seq, metadata FROM events WHERE customer_id = ? OR "
             "(external_customer_id IS NOT NULL AND external_customer_id = ?) ORDER BY ts, seq",
             (customer_id, customer["external_id"] if customer else None),
         ).fetchall()
         events = [(r["name"], r["source"], r["ts"], json.loads(r["metadata"])) for r in rows]
-        reset_at = max(
+        # Rows are in (ts, seq) order: with a manual clock a reset and the grant that follows
+        # it share a timestamp, and ingestion order then decides which comes first.
+        last_reset = max(
             (
-                ts
-                for name, source, ts, md in events
+                i
+                for i, (name, source, _, md) in enumerate(events)
                 if source == "system" and name == "meter.reset" and md.get("meter_id") == meter_id
             ),
-            default=float("-inf"),
+            default=-1,
         )
-        window = [e for e in events if e[2] > reset_at]
+        window = events[last_reset + 1 :]
         consumed_md = [
             md
             for name, source, _, md in window

@@ -31,12 +31,17 @@ class StandinProcess:
         webhook_secret: str | None = None,
         balance_lag: float = 0.0,
         token: str = "polar_standin_dev_token",
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.db_path = str(db_path)
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.balance_lag = balance_lag
         self.token = token
+        # More `serve` flags / env, e.g. ["--webhook-retry-scale", "0.001", "--preset", "sandbox"].
+        self.extra_args = list(extra_args or [])
+        self.extra_env = dict(extra_env or {})
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -50,7 +55,7 @@ class StandinProcess:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> StandinProcess:
-        env = {**os.environ, "STANDIN_TOKEN": self.token}
+        env = {**os.environ, "STANDIN_TOKEN": self.token, **self.extra_env}
         env.pop("STANDIN_WEBHOOK_URL", None)
         env.pop("STANDIN_WEBHOOK_SECRET", None)
         if self.webhook_url and self.webhook_secret:
@@ -75,6 +80,7 @@ class StandinProcess:
                     self.db_path,
                     "--balance-lag",
                     str(self.balance_lag),
+                    *self.extra_args,
                 ],
                 cwd=REPO_ROOT,
                 env=env,
@@ -245,7 +251,9 @@ class StandinProcess:
         retry_after: int | None = None,
         latency_ms: int = 0,
         response_delay_ms: int = 0,
+        **extra: Any,
     ) -> None:
+        """extra: rate, seed, hang, hang_seconds, drop (see POST /admin/faults)."""
         self.admin(
             "POST",
             "/admin/faults",
@@ -256,6 +264,7 @@ class StandinProcess:
                 "retry_after": retry_after,
                 "latency_ms": latency_ms,
                 "response_delay_ms": response_delay_ms,
+                **extra,
             },
         )
 
@@ -282,3 +291,91 @@ class StandinProcess:
             "/admin/customer-meters/reset",
             {"customer_id": customer_id, "meter_id": meter_id},
         )
+
+    # -- webhook delivery, rate limit ---------------------------------------------------
+    def webhook_target(self) -> dict:
+        """{id, url, configured, enabled, consecutive_failed_events}."""
+        return self.admin("GET", "/admin/webhook-target")
+
+    def webhook_mode(self, duplicate: int = 0, reorder: bool = False, delay_ms: int = 0) -> dict:
+        return self.admin(
+            "POST",
+            "/admin/webhook-mode",
+            {"duplicate": duplicate, "reorder": reorder, "delay_ms": delay_ms},
+        )
+
+    def rate_limit(self, per_minute: int | None = None) -> dict:
+        """Sets the limit (and starts a fresh window) when given; returns the current state."""
+        if per_minute is None:
+            return self.admin("GET", "/admin/rate-limit")
+        return self.admin("POST", "/admin/rate-limit", {"per_minute": per_minute})
+
+    def deliveries(self, **params: Any) -> dict:
+        """GET /v1/webhooks/deliveries as raw JSON (tests use polar-sdk for the typed view)."""
+        response = httpx.get(
+            f"{self.base_url}/v1/webhooks/deliveries",
+            params=params,
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def redeliver(self, event_id: str) -> int:
+        response = httpx.post(
+            f"{self.base_url}/v1/webhooks/events/{event_id}/redeliver",
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        return response.status_code
+
+    # -- clock, subscriptions, refunds --------------------------------------------------
+    def create_plan(
+        self,
+        name: str = "Test plan",
+        price_amount: int = 1000,
+        recurring_interval: str = "month",
+        recurring_interval_count: int = 1,
+        metered_meter_ids: list[str] | None = None,
+    ) -> dict:
+        """A recurring product, optionally with metered prices on meters (reset each cycle)."""
+        return self.admin(
+            "POST",
+            "/admin/products",
+            {
+                "name": name,
+                "price_amount": price_amount,
+                "recurring_interval": recurring_interval,
+                "recurring_interval_count": recurring_interval_count,
+                "metered_meter_ids": metered_meter_ids or [],
+            },
+        )
+
+    def subscribe(self, customer_id: str, product_id: str, **kw: Any) -> dict:
+        """Returns {"subscription", "order", "events", "deliveries"}; kw: seats, metadata."""
+        return self.admin(
+            "POST",
+            "/admin/subscriptions",
+            {"customer_id": customer_id, "product_id": product_id, **kw},
+        )
+
+    def subscription_action(self, subscription_id: str, action: str) -> dict:
+        """action: renew, fail-renewal, retry-payment, cancel, uncancel, revoke, pause, resume."""
+        return self.admin("POST", f"/admin/subscriptions/{subscription_id}/{action}")
+
+    def renew(self, subscription_id: str) -> dict:
+        return self.subscription_action(subscription_id, "renew")
+
+    def clock(self) -> dict:
+        return self.admin("GET", "/admin/clock")
+
+    def clock_advance(self, seconds: float = 0, days: float = 0) -> dict:
+        """Returns {"now", "mode", "renewals": [one answer per renewal, in time order]}."""
+        return self.admin("POST", "/admin/clock/advance", {"seconds": seconds, "days": days})
+
+    def clock_set(self, at: str) -> dict:
+        return self.admin("POST", "/admin/clock/set", {"at": at})
+
+    def refund(self, order_id: str, amount: int | None = None) -> dict:
+        body = {} if amount is None else {"amount": amount}
+        return self.admin("POST", f"/admin/orders/{order_id}/refund", body)
