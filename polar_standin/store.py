@@ -354,26 +354,19 @@ class Store:
         created_before: float | None = None,
         descending: bool = True,
     ) -> tuple[list[dict], int]:
-        where, args = [], []
-        for column, values in (
-            ("customer_id", customer_id),
-            ("product_id", product_id),
-            ("json_extract(subscription, '$.id')", subscription_id),
-            ("status", status),
-        ):
-            if values:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                args += values
+        where, args = _owner_filters(
+            (
+                ("customer_id", customer_id),
+                ("product_id", product_id),
+                ("json_extract(subscription, '$.id')", subscription_id),
+                ("status", status),
+            ),
+            external_customer_id,
+        )
         if billing_type and set(billing_type) != {"one_time", "recurring"}:
             # Polar: recurring = subscription creations and renewals, one_time = purchases.
             where.append("billing_reason " + ("=" if "one_time" in billing_type else "!=") + " ?")
             args.append("purchase")
-        if external_customer_id:
-            marks = ", ".join("?" * len(external_customer_id))
-            where.append(
-                f"customer_id IN (SELECT id FROM customers WHERE external_id IN ({marks}))"
-            )
-            args += external_customer_id
         if created_after is not None:
             where.append("created_at > ?")
             args.append(created_after)
@@ -428,21 +421,10 @@ class Store:
         cancel_at_period_end: bool | None = None,
         descending: bool = True,
     ) -> tuple[list[dict], int]:
-        where, args = [], []
-        for column, values in (
-            ("customer_id", customer_id),
-            ("product_id", product_id),
-            ("status", status),
-        ):
-            if values:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                args += values
-        if external_customer_id:
-            marks = ", ".join("?" * len(external_customer_id))
-            where.append(
-                f"customer_id IN (SELECT id FROM customers WHERE external_id IN ({marks}))"
-            )
-            args += external_customer_id
+        where, args = _owner_filters(
+            (("customer_id", customer_id), ("product_id", product_id), ("status", status)),
+            external_customer_id,
+        )
         if cancel_at_period_end is not None:
             where.append("cancel_at_period_end = ?")
             args.append(int(cancel_at_period_end))
@@ -664,6 +646,23 @@ class Store:
         )
         latest = max((ts for _, _, ts, _ in window), default=0.0)
         return metering.aggregate(meter["aggregation"], consumed_md), max(credited, 0), latest
+
+
+def _owner_filters(
+    columns: Iterable[tuple[str, list[str] | None]], external_customer_id: list[str] | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (and their arguments) for Polar's list filters that take several values."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, values in columns:
+        if values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args += values
+    if external_customer_id:
+        marks = ", ".join("?" * len(external_customer_id))
+        where.append(f"customer_id IN (SELECT id FROM customers WHERE external_id IN ({marks}))")
+        args += external_customer_id
+    return where, args
 
 
 def iso_or_none(ts: float | None) -> str | None:
