@@ -155,7 +155,8 @@ async def polar_webhook(
             OrderCreditsInput(
                 order=facts,
                 verification=VerificationPolicy(
-                    timeout_seconds=settings.credits_verify_timeout_seconds
+                    timeout_seconds=settings.credits_verify_timeout_seconds,
+                    first_interval_seconds=settings.credits_verify_first_check_seconds,
                 ),
             ),
             id=workflow_id,

@@ -8,8 +8,29 @@ name: these objects are written into workflow histories.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 MetadataValue = str | int | float | bool
+
+
+class CreditStatus(StrEnum):
+    """Where an order's crediting stands; shown as the `CreditStatus` search attribute."""
+
+    PENDING = "pending"
+    NO_RULE = "no_rule"
+    GRANTED = "granted"
+    VERIFIED = "verified"
+    UNVERIFIED = "unverified"
+    FAILED = "failed"
+
+
+class PolarErrorType(StrEnum):
+    """ApplicationError types that retry policies and the workflow refer to by name."""
+
+    GRANT_REJECTED = "PolarRejectedGrant"  # a 422: no retry can fix it
+    RATE_LIMITED = "PolarRateLimited"
+    UNAVAILABLE = "PolarUnavailable"
+    AUTH = "PolarAuthError"
 
 
 @dataclass
@@ -37,7 +58,11 @@ class OrderFacts:
 
 @dataclass
 class VerificationPolicy:
-    """How long and how often the workflow checks that Polar's meter shows the grant."""
+    """How long and how often the workflow checks that Polar's meter shows the grant.
+
+    `first_interval_seconds` is the wait before the first check: Polar recomputes a balance
+    about 15 s after the customer's last event, so checking earlier only spends calls.
+    """
 
     timeout_seconds: float = 1800.0
     first_interval_seconds: float = 1.0
@@ -68,8 +93,26 @@ class Grant:
 
 @dataclass
 class IngestResult:
-    inserted: int
-    duplicates: int
+    """Polar's answer for an order's events.
+
+    Several orders share one ingest call, and Polar counts `inserted` and `duplicates` for
+    the whole call, so they are exact for the order only when the call's answer says so
+    (all inserted, all duplicates, or the call held only this order); otherwise None.
+    `confirmed` is always the number of the order's events Polar holds now.
+    """
+
+    inserted: int | None
+    duplicates: int | None
+    confirmed: int = 0
+    # Polar's clock (ISO) just after the call that confirmed the events: a meter recomputed
+    # at or after it counts them.
+    stored_by: str | None = None
+    batch_events: int = 0
+
+
+@dataclass
+class IngestGrantsInput:
+    grants: list[Grant]
 
 
 @dataclass
@@ -92,6 +135,31 @@ class MeterReading:
     modified_at: str | None
     events_found: int
     includes_grant: bool
+
+
+@dataclass
+class MeterGrant:
+    meter: str
+    meter_id: str
+    units: int
+
+
+@dataclass
+class VerifyGrantsInput:
+    """What the verification activity checks, and until when (an absolute deadline, so a
+    retried attempt does not start the clock again)."""
+
+    customer_id: str
+    meters: list[MeterGrant]
+    stored_by: str | None
+    check_from: str
+    deadline: str
+    max_interval_seconds: float = 60.0
+
+
+@dataclass
+class VerifyGrantsResult:
+    verifications: list[MeterVerification]
 
 
 @dataclass

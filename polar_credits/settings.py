@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Polar's per-organization limits, requests a minute (POLAR_FACTS.md, "Rate limits").
+SERVER_RATE_LIMITS = {"production": 500, "sandbox": 100}
+
 
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names it and says what to do."""
@@ -32,6 +35,9 @@ class Settings(BaseSettings):
     polar_server: Literal["sandbox", "production"] = "sandbox"
     polar_api_url: str | None = None
     polar_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The service's share of the organization's Polar rate limit, for all workers together.
+    # Unset: 60% of the server's limit (README, "The Polar call budget").
+    polar_rate_limit_per_minute: int | None = Field(default=None, ge=1)
 
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
@@ -40,6 +46,9 @@ class Settings(BaseSettings):
     credits_rules_file: Path | None = None
     credits_task_queue: str = "polar-credits"
     credits_verify_timeout_seconds: float = Field(default=1800.0, ge=0)
+    # Polar recomputes a balance ~15 s after the customer's last event: an earlier check
+    # only spends calls.
+    credits_verify_first_check_seconds: float = Field(default=16.0, ge=0)
     credits_api_host: str = "127.0.0.1"
     credits_api_port: int = Field(default=8000, ge=1, le=65535)
 
@@ -48,7 +57,9 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("polar_api_url", "credits_rules_file", mode="before")
+    @field_validator(
+        "polar_api_url", "credits_rules_file", "polar_rate_limit_per_minute", mode="before"
+    )
     @classmethod
     def _blank_path_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -73,6 +84,14 @@ class Settings(BaseSettings):
                 f"CREDITS_RULES_FILE points to {self.credits_rules_file}, which is not a file."
             )
         return self
+
+    @property
+    def polar_budget_per_minute(self) -> int:
+        """Calls a minute the workers may make together: the setting, else 60% of the
+        server's limit (production 500, sandbox 100), leaving the rest to the merchant."""
+        if self.polar_rate_limit_per_minute is not None:
+            return self.polar_rate_limit_per_minute
+        return SERVER_RATE_LIMITS[self.polar_server] * 60 // 100
 
     @property
     def polar_target(self) -> str:

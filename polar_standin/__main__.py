@@ -78,7 +78,16 @@ def main(argv: list[str] | None = None) -> None:
         "on" if args.webhook_url and args.webhook_secret else "off",
     )
     # access_log off: the app logs one line per request itself, without query strings.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    # date_header off: the app dates its answers with the stand-in's own clock, as Polar's
+    # answers carry Polar's.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+        date_header=False,
+    )
 
 
 if __name__ == "__main__":

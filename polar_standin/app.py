@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from polar_standin import delivery, lifecycle, metering, payloads, ratelimit
-from polar_standin.clock import Clock, install, iso, parse_iso
+from polar_standin.clock import Clock, install, iso, now, parse_iso
 from polar_standin.faults import (
     Fault,
     FaultBoard,
@@ -542,6 +543,7 @@ def create_app(config: StandinConfig) -> FastAPI:
         response = await _gate(request, call_next, endpoint, expected)
         if endpoint is not None:
             app.state.faults.record(endpoint, response.status_code)
+        response.headers["date"] = formatdate(now(), usegmt=True)
         # Path only: query strings may carry emails. Never headers (token, secrets).
         log.info(
             "%s %s %s %.1fms",

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from polar_standin.clock import now
 
-FAULT_STATUSES = (429, 500, 502, 503, 504)
+FAULT_STATUSES = (404, 422, 429, 500, 502, 503, 504)
 DEFAULT_HANG_SECONDS = 3600.0  # longer than any client timeout
 
 
@@ -187,6 +187,16 @@ async def apply_fault(fault: Fault, request: Request, call_next: Any) -> Respons
         # Polar answers 429 with an empty body and an integer retry-after.
         headers = {} if fault.retry_after is None else {"retry-after": str(fault.retry_after)}
         return Response(status_code=429, headers=headers)
+    if fault.status == 422:
+        # A validation failure that names no event: the whole body is refused.
+        return JSONResponse(
+            {
+                "detail": [
+                    {"loc": ["body"], "msg": "Injected by the stand-in", "type": "value_error"}
+                ]
+            },
+            status_code=422,
+        )
     if fault.status is not None:
         return JSONResponse(
             {"error": "InjectedFault", "detail": "Injected by the stand-in"},

@@ -15,6 +15,7 @@ from polar.v2026_10 import PolarAsync
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.gateway import PolarGateway
 from polar_credits import search_attributes
 from polar_credits.rules import RulesFile, load_rules
 from polar_credits.settings import Settings
@@ -62,6 +63,7 @@ class Stack:
     rules: RulesFile
     polar: PolarAsync
     api: ServiceProcess
+    gateway: PolarGateway
 
 
 def temporal_binary() -> str:
@@ -139,14 +141,16 @@ async def stack(
             "TEMPORAL_ADDRESS": settings.temporal_address,
             "CREDITS_TASK_QUEUE": settings.credits_task_queue,
             "CREDITS_VERIFY_TIMEOUT_SECONDS": str(settings.credits_verify_timeout_seconds),
+            "CREDITS_VERIFY_FIRST_CHECK_SECONDS": "0.5",
             "CREDITS_API_PORT": str(port),
         },
         ready_url=f"http://127.0.0.1:{port}/readyz",
         log_path=tmp_path_factory.mktemp("api") / "api.log",
     ).start()
-    worker = build_worker(temporal_env.client, settings.credits_task_queue, polar, rules)
     try:
-        async with worker:
+        async with build_worker(
+            temporal_env.client, settings.credits_task_queue, polar, rules, per_minute=6000
+        ) as gateway:
             yield Stack(
                 temporal=temporal_env.client,
                 standin=standin,
@@ -155,6 +159,7 @@ async def stack(
                 rules=rules,
                 polar=polar,
                 api=api,
+                gateway=gateway,
             )
     finally:
         api.stop()

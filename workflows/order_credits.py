@@ -1,7 +1,8 @@
 """The per-order crediting workflow: decide grants, ingest them once, verify the balance.
 
 One run per paid order, its id derived from the order id, so Temporal itself refuses a
-second start for the same order. Deterministic: every side effect is an activity.
+second start for the same order. Deterministic: every side effect is an activity, and
+every Polar call behind those activities goes through the worker's gateway.
 """
 
 from __future__ import annotations
@@ -13,26 +14,43 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.credits import GRANT_REJECTED
+    from activities.credits import CreditActivities
     from polar_credits import search_attributes as sa
     from polar_credits.models import (
+        CreditStatus,
         Grant,
+        IngestGrantsInput,
         IngestResult,
         MeterCheckInput,
+        MeterGrant,
         MeterReading,
         MeterVerification,
         OrderCreditsInput,
         OrderCreditsState,
         OrderFacts,
+        PolarErrorType,
+        VerifyGrantsInput,
     )
+
+# Runs started from here on ingest through the gateway and verify in one activity; runs of
+# the first release (per-order ingest, a timer loop of meter reads) replay on the old path.
+GATEWAY_PATCH = "polar-gateway"
 
 # Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
 INGEST_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[GRANT_REJECTED],
+    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
 )
+# A grant may wait for its batch's permit, and for a 429's retry-after, beyond a minute;
+# heartbeats tell Temporal within seconds when its worker died.
+INGEST_TIMEOUT = timedelta(minutes=10)
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+VERIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+VERIFY_SLACK = timedelta(minutes=5)
 # A failed meter read is just a missed check: the polling loop tries again later.
 READ_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -46,13 +64,8 @@ def order_workflow_id(order_id: str) -> str:
     return f"order-credits-{order_id}"
 
 
-class Status:
-    PENDING = "pending"
-    NO_RULE = "no_rule"
-    GRANTED = "granted"
-    VERIFIED = "verified"
-    UNVERIFIED = "unverified"
-    FAILED = "failed"
+# The first release's name for the statuses.
+Status = CreditStatus
 
 
 @workflow.defn
@@ -65,7 +78,7 @@ class OrderCreditsWorkflow:
     async def run(self, input: OrderCreditsInput) -> OrderCreditsState:
         order = input.order
         self._state = OrderCreditsState(
-            order_id=order.order_id, customer_id=order.customer_id, status=Status.PENDING
+            order_id=order.order_id, customer_id=order.customer_id, status=CreditStatus.PENDING
         )
         # The starter normally sets these (findable before the first task runs); a run started
         # any other way gets them here. Each upsert is a visibility write, so only if missing.
@@ -73,21 +86,110 @@ class OrderCreditsWorkflow:
         if missing:
             workflow.upsert_search_attributes(missing)
 
-        # Local activities: no server round trip per step, which matters on a busy cluster.
-        grants: list[Grant] = await workflow.execute_local_activity(
-            "evaluate_rules",
-            order,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            result_type=list[Grant],
+        # A local activity: no server round trip, which matters on a busy cluster.
+        grants: list[Grant] = await workflow.execute_local_activity_method(
+            CreditActivities.evaluate_rules, order, start_to_close_timeout=ACTIVITY_TIMEOUT
         )
         self._state.grants = grants
         if not grants:
-            self._publish(Status.NO_RULE)
+            self._publish(CreditStatus.NO_RULE)
             return self._state
 
+        if not workflow.patched(GATEWAY_PATCH):
+            return await self._first_release(input, grants)
+
+        # A regular activity: while Polar is failing, operators see the pending activity
+        # and its last error in the UI.
         try:
-            # A regular activity: while Polar is failing, operators see the pending activity
-            # and its last error in the UI.
+            self._state.ingest = await workflow.execute_activity_method(
+                CreditActivities.ingest_order_grants,
+                IngestGrantsInput(grants=grants),
+                start_to_close_timeout=INGEST_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=INGEST_RETRY,
+            )
+        except ActivityError as err:
+            self._fail(order, err)
+        self._publish(CreditStatus.GRANTED)  # visible while Polar recomputes the balance
+
+        self._state.verifications = await self._verify(input, grants)
+        verified = all(v.verified for v in self._state.verifications)
+        self._publish(CreditStatus.VERIFIED if verified else CreditStatus.UNVERIFIED)
+        return self._state
+
+    @workflow.query
+    def state(self) -> OrderCreditsState | None:
+        return self._state
+
+    async def _verify(
+        self, input: OrderCreditsInput, grants: list[Grant]
+    ) -> list[MeterVerification]:
+        """Verification observes, it never decides: the grant is in Polar, so whatever
+        happens while checking (429, 5xx, 404, lag, a worker lost) ends `unverified` at
+        worst, never `failed`, and never re-ingests."""
+        policy = input.verification
+        assert self._state is not None and self._state.ingest is not None
+        meters = [
+            MeterGrant(meter=group[0].meter, meter_id=group[0].meter_id, units=_units(group))
+            for group in _by_meter(grants)
+        ]
+        now = workflow.now()
+        timeout = timedelta(seconds=policy.timeout_seconds)
+        try:
+            result = await workflow.execute_activity_method(
+                CreditActivities.verify_grants,
+                VerifyGrantsInput(
+                    customer_id=input.order.customer_id,
+                    meters=meters,
+                    stored_by=self._state.ingest.stored_by,
+                    check_from=(now + timedelta(seconds=policy.first_interval_seconds)).isoformat(),
+                    deadline=(now + timeout).isoformat(),
+                    max_interval_seconds=policy.max_interval_seconds,
+                ),
+                schedule_to_close_timeout=timeout
+                + timedelta(seconds=policy.first_interval_seconds)
+                + VERIFY_SLACK,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=VERIFY_RETRY,
+            )
+            return result.verifications
+        except Exception as err:  # noqa: BLE001 - any failure here is only a missed check
+            workflow.logger.warning("verification gave up: %s", err)
+            return [
+                MeterVerification(
+                    meter=m.meter, meter_id=m.meter_id, units_granted=m.units, verified=False
+                )
+                for m in meters
+            ]
+
+    def _fail(self, order: OrderFacts, err: ActivityError) -> None:
+        assert self._state is not None
+        reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+        self._state.failure = reason
+        self._publish(CreditStatus.FAILED)
+        raise ApplicationError(
+            f"Credits for order {order.order_id} were not granted: {reason}",
+            type=PolarErrorType.GRANT_REJECTED.value,
+            non_retryable=True,
+        ) from err
+
+    def _publish(self, status: CreditStatus) -> None:
+        """Set the status, and show it (with the units granted) to operators."""
+        assert self._state is not None
+        self._state.status = status.value
+        self._published = status.value
+        units = _units(self._state.grants) if self._state.ingest else 0
+        workflow.upsert_search_attributes(
+            [sa.CREDIT_STATUS.value_set(status.value), sa.CREDIT_UNITS.value_set(units)]
+        )
+
+    # -- the first release, kept so its runs replay unchanged ----------------------------
+
+    async def _first_release(
+        self, input: OrderCreditsInput, grants: list[Grant]
+    ) -> OrderCreditsState:
+        assert self._state is not None
+        try:
             self._state.ingest = await workflow.execute_activity(
                 "ingest_grants",
                 grants,
@@ -96,38 +198,22 @@ class OrderCreditsWorkflow:
                 result_type=IngestResult,
             )
         except ActivityError as err:
-            reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._state.failure = reason
-            self._publish(Status.FAILED)
-            raise ApplicationError(
-                f"Credits for order {order.order_id} were not granted: {reason}",
-                type=GRANT_REJECTED,
-                non_retryable=True,
-            ) from err
+            self._fail(input.order, err)
 
-        self._state.status = Status.GRANTED
+        self._state.status = CreditStatus.GRANTED.value
         for meter_grants in _by_meter(grants):
-            self._state.verifications.append(await self._verify(input, meter_grants))
+            self._state.verifications.append(await self._poll_meter(input, meter_grants))
         verified = all(v.verified for v in self._state.verifications)
-        self._publish(Status.VERIFIED if verified else Status.UNVERIFIED)
+        self._publish(CreditStatus.VERIFIED if verified else CreditStatus.UNVERIFIED)
         return self._state
 
-    @workflow.query
-    def state(self) -> OrderCreditsState | None:
-        return self._state
-
-    async def _verify(self, input: OrderCreditsInput, grants: list[Grant]) -> MeterVerification:
-        """Poll the customer meter with backoff until Polar's recomputation shows the grant.
-
-        Never re-ingests: the grant is already in Polar. Past the bound the grant is flagged
-        `unverified`, which an operator can look into; it is not a failure.
-        """
+    async def _poll_meter(self, input: OrderCreditsInput, grants: list[Grant]) -> MeterVerification:
         policy = input.verification
         first = grants[0]
         result = MeterVerification(
             meter=first.meter,
             meter_id=first.meter_id,
-            units_granted=sum(g.units for g in grants),
+            units_granted=_units(grants),
             verified=False,
         )
         check = MeterCheckInput(
@@ -155,25 +241,15 @@ class OrderCreditsWorkflow:
                 if reading.includes_grant:
                     result.verified = True
                     return result
-            except ActivityError:
+            except Exception:  # noqa: BLE001 - a failed read never fails a granted run
                 result.checks += 1
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
                 return result
-            if self._published != Status.GRANTED:
-                self._publish(Status.GRANTED)  # visible while waiting for Polar
+            if self._published != CreditStatus.GRANTED:
+                self._publish(CreditStatus.GRANTED)
             await workflow.sleep(min(interval, remaining))
             interval = min(interval * 2, policy.max_interval_seconds)
-
-    def _publish(self, status: str) -> None:
-        """Set the status, and show it (with the units granted) to operators."""
-        assert self._state is not None
-        self._state.status = status
-        self._published = status
-        units = sum(g.units for g in self._state.grants) if self._state.ingest else 0
-        workflow.upsert_search_attributes(
-            [sa.CREDIT_STATUS.value_set(status), sa.CREDIT_UNITS.value_set(units)]
-        )
 
 
 def _missing_identity_attributes(order: OrderFacts) -> list:
@@ -191,3 +267,7 @@ def _by_meter(grants: list[Grant]) -> list[list[Grant]]:
     for grant in grants:
         groups.setdefault(grant.meter_id, []).append(grant)
     return list(groups.values())
+
+
+def _units(grants: list[Grant]) -> int:
+    return sum(g.units for g in grants)

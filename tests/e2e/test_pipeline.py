@@ -16,7 +16,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.credits import CreditActivities
 from polar_credits import search_attributes as sa
-from polar_credits.models import OrderCreditsState, OrderFacts
+from polar_credits.models import IngestGrantsInput, OrderCreditsState, OrderFacts
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,
@@ -176,12 +176,12 @@ async def test_ingest_activity_run_twice_is_deduplicated_by_polar(stack: Stack) 
         status="paid",
         product_id=CREDIT_PRODUCT_ID,
     )
-    activities = CreditActivities(stack.polar, stack.rules)
+    activities = CreditActivities(stack.gateway, stack.rules)
     env = ActivityEnvironment()
     grants = await env.run(activities.evaluate_rules, order)
 
-    first = await env.run(activities.ingest_grants, grants)
-    second = await env.run(activities.ingest_grants, grants)
+    first = await env.run(activities.ingest_order_grants, IngestGrantsInput(grants))
+    second = await env.run(activities.ingest_order_grants, IngestGrantsInput(grants))
 
     assert (first.inserted, first.duplicates) == (1, 0)
     assert (second.inserted, second.duplicates) == (0, 1)

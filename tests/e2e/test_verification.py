@@ -53,8 +53,7 @@ async def laggy_queue(
 ) -> AsyncIterator[str]:
     queue = f"credits-laggy-{uuid.uuid4().hex[:8]}"
     polar = PolarAsync(laggy_standin.token, base_url=laggy_standin.base_url)
-    worker = build_worker(temporal_env.client, queue, polar, parse_rules(TEST_RULES))
-    async with worker:
+    async with build_worker(temporal_env.client, queue, polar, parse_rules(TEST_RULES)):
         yield queue
 
 

@@ -1,0 +1,36 @@
+"""Replay: every recorded history still replays on today's workflow code, so a change that
+would break the runs in flight (a different command sequence) fails here first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.order_credits import OrderCreditsWorkflow
+from workflows.polar_budget import PolarBudgetWorkflow
+
+HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
+
+
+def test_histories_of_each_release_are_recorded() -> None:
+    names = [path.name for path in HISTORIES]
+    assert any(n.startswith("order_credits_v1_") for n in names)
+    assert any(n.startswith("order_credits_v2_") for n in names)
+
+
+@pytest.fixture
+def recorded(request: pytest.FixtureRequest) -> WorkflowHistory:
+    path: Path = request.param
+    return WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("recorded", HISTORIES, ids=[p.stem for p in HISTORIES], indirect=True)
+async def test_recorded_history_replays(recorded: WorkflowHistory) -> None:
+    history = recorded
+    replayer = Replayer(workflows=[OrderCreditsWorkflow, PolarBudgetWorkflow])
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{history.workflow_id}: {result.replay_failure}"
