@@ -6,7 +6,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help install run demo test lint bench
+.PHONY: help install run demo test lint bench chaos
 
 help: ## Show these targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,5 +31,9 @@ test: $(VENV_STAMP) ## Run the test suite
 lint: $(VENV_STAMP) ## Check the code with ruff
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV_STAMP) ## Benchmark the pipeline on a private stack (long; ARGS=--quick for a smoke run)
+bench: $(VENV_STAMP) ## Benchmark the pipeline and a renewal burst on private stacks (long; ARGS=--quick for a smoke run)
 	$(VENV_PYTHON) -m bench.pipeline $(ARGS)
+	$(VENV_PYTHON) -m bench.burst $(ARGS)
+
+chaos: $(VENV_STAMP) ## Chaos run: N orders through faults, kills and restarts; asserts each is granted once (ARGS=--orders N)
+	$(VENV_PYTHON) -m bench.chaos $(ARGS)
