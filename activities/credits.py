@@ -146,9 +146,14 @@ class CreditActivities:
         interval = FIRST_RECHECK_SECONDS
         while True:
             pending = [r for r in results.values() if not r.verified]
-            readings = await asyncio.gather(
-                *(self._gateway.customer_meter(input.customer_id, r.meter_id) for r in pending),
-                return_exceptions=True,
+            # Reads wait for their batch and a permit: heartbeat meanwhile, or Temporal would
+            # take the wait for a dead worker.
+            readings = await _heartbeating(
+                asyncio.gather(
+                    *(self._gateway.customer_meter(input.customer_id, r.meter_id) for r in pending),
+                    return_exceptions=True,
+                ),
+                checks,
             )
             for result, reading in zip(pending, readings, strict=True):
                 checks[result.meter_id] += 1
