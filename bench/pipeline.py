@@ -397,8 +397,16 @@ def ack_figures(answers: list[Answer], rate: float) -> dict[str, Any]:
 # --- Temporal -----------------------------------------------------------------------------
 
 
+ORDER_RUNS = "WorkflowType = 'OrderCreditsWorkflow'"
+
+
 async def count(temporal: Client, query: str | None = None) -> int:
     return (await temporal.count_workflows(query)).count
+
+
+async def count_orders(temporal: Client, query: str | None = None) -> int:
+    """Order runs only: the Polar call budget's workflow never closes."""
+    return await count(temporal, f"{ORDER_RUNS} AND {query}" if query else ORDER_RUNS)
 
 
 async def wait_drained(temporal: Client, bound: float, label: str) -> dict[str, Any]:
@@ -406,7 +414,7 @@ async def wait_drained(temporal: Client, bound: float, label: str) -> dict[str, 
     started = time.monotonic()
     last_report = started
     while True:
-        running = await count(temporal, 'ExecutionStatus = "Running"')
+        running = await count_orders(temporal, 'ExecutionStatus = "Running"')
         now = time.monotonic()
         if running == 0 or now - started > bound:
             return {"open_runs": running, "drain_seconds": round(now - started, 1)}
@@ -418,11 +426,11 @@ async def wait_drained(temporal: Client, bound: float, label: str) -> dict[str, 
 
 async def run_counts(temporal: Client) -> dict[str, int]:
     return {
-        "total": await count(temporal),
-        "running": await count(temporal, 'ExecutionStatus = "Running"'),
-        "completed": await count(temporal, 'ExecutionStatus = "Completed"'),
-        "verified": await count(temporal, 'CreditStatus = "verified"'),
-        "failed": await count(temporal, 'ExecutionStatus = "Failed"'),
+        "total": await count_orders(temporal),
+        "running": await count_orders(temporal, 'ExecutionStatus = "Running"'),
+        "completed": await count_orders(temporal, 'ExecutionStatus = "Completed"'),
+        "verified": await count_orders(temporal, 'CreditStatus = "verified"'),
+        "failed": await count_orders(temporal, 'ExecutionStatus = "Failed"'),
     }
 
 
@@ -518,7 +526,7 @@ class Bench:
             flush=True,
         )
         before = self.rss_mib()
-        runs_before = await count(self.temporal)
+        runs_before = await count_orders(self.temporal)
         peak = dict(before)
         backlog_peak = 0
         stop = asyncio.Event()
@@ -529,7 +537,7 @@ class Bench:
                 for name, mib in self.rss_mib().items():
                     peak[name] = max(peak[name], mib)
                 backlog_peak = max(
-                    backlog_peak, await count(self.temporal, 'ExecutionStatus = "Running"')
+                    backlog_peak, await count_orders(self.temporal, 'ExecutionStatus = "Running"')
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
@@ -546,7 +554,7 @@ class Bench:
             stop.set()
             await sampler
         closed_in = time.monotonic() - started
-        runs = await count(self.temporal) - runs_before
+        runs = await count_orders(self.temporal) - runs_before
         after = self.rss_mib()
         figures: dict[str, Any] = {
             "deliveries": n,
@@ -712,7 +720,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     data_dir = Path(tempfile.mkdtemp(prefix="polar-credits-bench-"))
     config = bench_config(data_dir)
-    stack = Stack(config.log_dir, bench_env(config))
+    env = bench_env(config)
+    # The stand-in runs Polar's production limit (500 a minute): give the service its
+    # production share, as POLAR_SERVER=production would.
+    env["POLAR_RATE_LIMIT_PER_MINUTE"] = str(
+        Settings(polar_server="production").polar_budget_per_minute
+    )
+    stack = Stack(config.log_dir, env)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     status = 1
     try:
