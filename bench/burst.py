@@ -79,12 +79,9 @@ from polar_credits.stack import (
     Stack,
     StackConfig,
     StackError,
-    api_command,
     http_ok,
     standin_command,
-    temporal_command,
-    temporal_healthy,
-    worker_command,
+    start_stack,
 )
 from polar_standin.payloads import webhook_body
 from polar_standin.seed import DEMO_EVENT_NAME, DEMO_PRODUCT_ID
@@ -339,31 +336,6 @@ def start_standin(stack: Stack, config: StackConfig, webhook_url: str) -> None:
     stack.wait_ready(standin, lambda: http_ok(f"{config.standin_url}/healthz"), "GET /healthz")
 
 
-def start_service_stack(stack: Stack, config: StackConfig) -> None:
-    """polar_credits.stack.start_stack, in the same order and with the same command lines;
-    only the stand-in gets the sandbox preset."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    temporal = stack.start(
-        "temporal",
-        temporal_command(
-            config.data_dir / "temporal.db",
-            host=config.temporal_host,
-            port=config.temporal_port,
-            ui_port=config.temporal_ui_port,
-            namespace=config.namespace,
-        ),
-    )
-    stack.wait_ready(
-        temporal,
-        lambda: temporal_healthy(config.temporal_address, stack.env),
-        f"cluster health at {config.temporal_address}",
-    )
-    start_standin(stack, config, f"{config.api_url}/webhooks/polar")
-    stack.start("worker", worker_command())
-    api = stack.start("api", api_command())
-    stack.wait_ready(api, lambda: http_ok(f"{config.api_url}/readyz"), "GET /readyz")
-
-
 def naive_command(port: int) -> list[str]:
     return [
         "python", "-m", "uvicorn", "--factory", "bench.naive:app_from_env",
@@ -391,6 +363,7 @@ def stack_config(data_dir: Path) -> StackConfig:
 def service_env(config: StackConfig) -> dict[str, str]:
     env = bench_env(config)
     env.update(
+        STANDIN_PRESET=PRESET,  # read by `python -m polar_standin serve`: make run's command line
         POLAR_RATE_LIMIT_PER_MINUTE=str(SERVICE_BUDGET_PER_MINUTE),
         CREDITS_VERIFY_FIRST_CHECK_SECONDS=str(FIRST_CHECK_SECONDS),
     )
@@ -1192,7 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             print(f"Starting the service's private stack in {service_config.data_dir}", flush=True)
-            start_service_stack(stacks[0], service_config)
+            start_stack(stacks[0], service_config)
             results: dict[str, Any] = {"machine": machine}
             results["service"] = asyncio.run(service_side(args, service_config, stacks[0]))
             stacks[0].check_alive("during the burst")
