@@ -97,6 +97,8 @@ async def test_grants_of_many_orders_travel_in_one_ingest_call(
     assert len(grant_events(standin, customers)) == 30
     assert all(o.confirmed == 1 and o.batch_events == 30 for o in outcomes)
     assert all((o.inserted, o.duplicates) == (1, 0) for o in outcomes)
+    # "Stored by" is on Polar's clock (the Date of its answer, whole seconds), not ours.
+    assert all(o.stored_by.microsecond == 0 for o in outcomes)
 
     # The same batch again (an answer lost, a retry) with five new orders: one call, and
     # only the five new grants are stored.
