@@ -55,6 +55,7 @@ from worker import build_worker
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 HERE = Path(__file__).parent
+REPO_ROOT = HERE.parent.parent
 RULES = parse_rules(TEST_RULES)
 FAST = VerificationPolicy(timeout_seconds=30, first_interval_seconds=0.5)
 BUYER_NAME = "Replay Test Buyer"  # obviously fake; must never show up in a history
@@ -142,7 +143,11 @@ async def record(
 
     history = await handle.fetch_history()
     path = HERE / f"order_credits_{release}_{name}.json"
-    path.write_text(history.to_json())
+    # Failure stack traces carry this machine's paths; replay never reads them.
+    text = history.to_json()
+    for prefix in sorted({str(Path(p)) for p in sys.path if p.endswith("site-packages")}):
+        text = text.replace(f"{prefix}/", "site-packages/")
+    path.write_text(text.replace(f"{REPO_ROOT}/", ""))
     counts = Counter(
         EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events
     )
