@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from temporalio import activity
 
-from activities.gateway import MeterRow, PolarGateway, polar_failure
+from activities.gateway import MeterRow, PolarGateway
 from polar_credits.models import (
     Grant,
     IngestGrantsInput,
@@ -25,16 +25,12 @@ from polar_credits.models import (
     MeterReading,
     MeterVerification,
     OrderFacts,
-    PolarErrorType,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
 from polar_credits.rules import RulesFile, decide_grants
 
 log = logging.getLogger("polar_credits.activities")
-
-# Kept for importers of the first release; the names live in polar_credits.models.
-GRANT_REJECTED = PolarErrorType.GRANT_REJECTED.value
 
 HEARTBEAT_EVERY_SECONDS = 5.0
 FIRST_RECHECK_SECONDS = 2.0
@@ -232,6 +228,3 @@ class CreditActivities:
             self.ingest_grants,
             self.read_meter,
         ]
-
-
-__all__ = ["CreditActivities", "grant_event", "polar_failure", "GRANT_REJECTED"]

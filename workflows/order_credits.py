@@ -64,10 +64,6 @@ def order_workflow_id(order_id: str) -> str:
     return f"order-credits-{order_id}"
 
 
-# The first release's name for the statuses.
-Status = CreditStatus
-
-
 @workflow.defn
 class OrderCreditsWorkflow:
     def __init__(self) -> None:
