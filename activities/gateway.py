@@ -18,7 +18,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
@@ -211,14 +211,6 @@ class MeterRow:
     modified_at: datetime | None
 
 
-@dataclass
-class GatewayStats:
-    calls: dict[str, int] = field(default_factory=dict)
-    events_ingested: int = 0
-    rate_limited: int = 0
-    isolated: int = 0
-
-
 # --- The gateway ---------------------------------------------------------------------------
 
 
@@ -252,7 +244,6 @@ class PolarGateway:
         self._dispatcher: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._permits = 0
-        self.stats = GatewayStats()
 
     # -- what activities ask for ---------------------------------------------------------
 
@@ -402,12 +393,8 @@ class PolarGateway:
             del self._reads[meter_id]
         return meter_id, taken, waiting
 
-    def _count(self, kind: str) -> None:
-        self.stats.calls[kind] = self.stats.calls.get(kind, 0) + 1
-
     async def _note_rate_limit(self, exc: Exception) -> None:
         if isinstance(exc, PolarRateLimitError):
-            self.stats.rate_limited += 1
             with contextlib.suppress(Exception):
                 await self._budget.throttled(retry_after(exc).total_seconds())
 
@@ -418,7 +405,6 @@ class PolarGateway:
         if not live:
             return
         events = [e for r in live for e in r.events]
-        self._count("events.ingest")
         try:
             response = await self._polar.events.ingest(events=events)
         except Exception as exc:
@@ -431,7 +417,6 @@ class PolarGateway:
                 _settle(request.future, error=failure)
             return
         stored_by = polar_time_after_call()
-        self.stats.events_ingested += len(events)
         log.info(
             "ingested %d event(s) for %d order(s) in one call: inserted=%d duplicates=%d",
             len(events),
@@ -470,7 +455,6 @@ class PolarGateway:
                 }
                 start += len(request.events)
                 if own:
-                    self.stats.isolated += 1
                     detail = "; ".join(
                         _describe(item, ["events", index, *list(_item_field(item, "loc"))[3:]])
                         for index, items in sorted(own.items())
@@ -490,7 +474,6 @@ class PolarGateway:
     async def _send_read(
         self, meter_id: str, customer_ids: list[str], waiting: dict[str, list[_ReadRequest]]
     ) -> None:
-        self._count("customer_meters.list")
         try:
             page = await self._polar.customer_meters.list(
                 customer_id=customer_ids, meter_id=meter_id, limit=MAX_READ_CUSTOMERS
@@ -510,7 +493,6 @@ class PolarGateway:
     async def _send_call(
         self, run: Callable[[], Awaitable[Any]], future: asyncio.Future[Any]
     ) -> None:
-        self._count("other")
         try:
             result = await run()
         except Exception as exc:

@@ -39,12 +39,9 @@ import json
 import math
 import random
 import secrets
-import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,14 +65,15 @@ from bench.pipeline import (
     count,
     is_2xx,
     machine_info,
+    peak_in_window,
     post,
+    run_guarded,
     summary_ms,
 )
 from polar_credits import search_attributes as sa
 from polar_credits.stack import (
     STANDIN_TOKEN,
     STANDIN_WEBHOOK_SECRET,
-    Interrupted,
     Stack,
     StackConfig,
     StackError,
@@ -274,17 +272,6 @@ def grant_check(events: list[dict[str, Any]], expected: dict[str, str]) -> dict[
         "stray_grant_events": stray,
         "last_ingested_at": last_ingest,
     }
-
-
-def peak_in_window(times: Iterable[float], window: float = 60.0) -> int:
-    """The most timestamps in any half-open window of `window` seconds."""
-    ordered = sorted(times)
-    best, start = 0, 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -1147,70 +1134,42 @@ def jsonable(value: Any) -> Any:
 # --- Main ------------------------------------------------------------------------------------
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()
     data_dir = Path(tempfile.mkdtemp(prefix="polar-credits-burst-"))
     service_config = stack_config(data_dir / "service")
     stacks = [Stack(service_config.log_dir, service_env(service_config))]
-    # Both explicitly: a shell that starts us in the background leaves SIGINT ignored.
-    previous = {
-        sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    status = 1
-    try:
-        try:
-            print(f"Starting the service's private stack in {service_config.data_dir}", flush=True)
-            start_stack(stacks[0], service_config)
-            results: dict[str, Any] = {"machine": machine}
-            results["service"] = asyncio.run(service_side(args, service_config, stacks[0]))
-            stacks[0].check_alive("during the burst")
-            stacks[0].stop_all()  # the naive side gets the machine to itself, as this one did
-            if not args.skip_naive:
-                naive_config = stack_config(data_dir / "naive")
-                stacks.append(Stack(naive_config.log_dir, bench_env(naive_config)))
-                print(f"Starting the naive side in {naive_config.data_dir}", flush=True)
-                url = start_naive_stack(stacks[1], naive_config)
-                results["naive"] = asyncio.run(naive_side(args, naive_config, stacks[1], url))
-                stacks[1].check_alive("during the burst")
-            results["settings"] = {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            }
-            print(report(results, args), flush=True)
-            found = problems(results["service"], args.orders, args.bound)
-            if args.json:
-                results["problems"] = found
-                args.json.write_text(json.dumps(jsonable(results), indent=2) + "\n")
-                print(f"\nresults written to {args.json}")
-            if found:
-                print(loud(found), flush=True)
-                status = 1
-            else:
-                status = 0
-        except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted: stopping the benchmark's stacks", flush=True)
-            status = 130
-        except StackError as exc:
-            print(f"bench: {exc}", file=sys.stderr, flush=True)
-        except Exception:
-            traceback.print_exc()
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            for stack in reversed(stacks):
-                stack.stop_all()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if args.keep_data or status == 1:
-        print(f"data and logs kept in {data_dir}", flush=True)
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    return status
+
+    def body() -> int:
+        print(f"Starting the service's private stack in {service_config.data_dir}", flush=True)
+        start_stack(stacks[0], service_config)
+        results: dict[str, Any] = {"machine": machine}
+        results["service"] = asyncio.run(service_side(args, service_config, stacks[0]))
+        stacks[0].check_alive("during the burst")
+        stacks[0].stop_all()  # the naive side gets the machine to itself, as this one did
+        if not args.skip_naive:
+            naive_config = stack_config(data_dir / "naive")
+            stacks.append(Stack(naive_config.log_dir, bench_env(naive_config)))
+            print(f"Starting the naive side in {naive_config.data_dir}", flush=True)
+            url = start_naive_stack(stacks[1], naive_config)
+            results["naive"] = asyncio.run(naive_side(args, naive_config, stacks[1], url))
+            stacks[1].check_alive("during the burst")
+        results["settings"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        }
+        print(report(results, args), flush=True)
+        found = problems(results["service"], args.orders, args.bound)
+        if args.json:
+            results["problems"] = found
+            args.json.write_text(json.dumps(jsonable(results), indent=2) + "\n")
+            print(f"\nresults written to {args.json}")
+        if found:
+            print(loud(found), flush=True)
+            return 1
+        return 0
+
+    return run_guarded(body, stacks, data_dir, args.keep_data)
 
 
 if __name__ == "__main__":

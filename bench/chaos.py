@@ -64,6 +64,7 @@ from bench.pipeline import (
     bench_env,
     count,
     is_2xx,
+    peak_in_window,
     percentile,
     post,
     standin_order_templates,
@@ -742,7 +743,7 @@ class Chaos:
         report.polar_calls = {k: dict(sorted(v.items())) for k, v in sorted(calls.items())}
         report.polar_429 = sum(1 for r in requests if r["status"] == 429)
         report.polar_5xx = sum(1 for r in requests if 500 <= r["status"] < 600)
-        report.peak_calls_per_minute = peak_per_window([r["at"] for r in requests], 60.0)
+        report.peak_calls_per_minute = peak_in_window([r["at"] for r in requests], 60.0)
 
         remaining = (await admin(standin, "GET", "/admin/faults"))["faults"]
         left_429 = sum(f["count"] for f in remaining if f["rate"] is None and f["status"] == 429)
@@ -822,16 +823,6 @@ def describe_fault(fault: dict[str, Any]) -> str:
     if fault.get("drop"):
         return "drop the connection"
     return f"{fault.get('status')}"
-
-
-def peak_per_window(times: list[float], window: float) -> int:
-    ordered = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(ordered):
-        while ordered[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def check_grants(report: ChaosReport, orders: list[Order], events: list[dict[str, Any]]) -> None:

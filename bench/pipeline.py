@@ -30,6 +30,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +185,17 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def peak_in_window(times: Iterable[float], window: float = 60.0) -> int:
+    """The most timestamps in any half-open window of `window` seconds."""
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(ordered):
+        while ordered[start] <= at - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float]:
@@ -715,6 +727,42 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def run_guarded(
+    body: Callable[[], int], stacks: list[Stack], data_dir: Path, keep_data: bool
+) -> int:
+    """Run a benchmark's body (which returns its exit status) with its stacks: every process is
+    stopped by PID at the end, also on Ctrl-C, SIGTERM or an error; the data directory is kept
+    when asked, or when the run failed. `body` may append stacks it starts to `stacks`."""
+    # Both explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    previous = {
+        sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    status = 1
+    try:
+        try:
+            status = body()
+        except (KeyboardInterrupt, Interrupted):
+            print("\ninterrupted: stopping the benchmark's stack", flush=True)
+            status = 130
+        except StackError as exc:
+            print(f"bench: {exc}", file=sys.stderr, flush=True)
+        except Exception:
+            traceback.print_exc()
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for stack in reversed(stacks):
+                stack.stop_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if keep_data or status == 1:
+        print(f"data and logs kept in {data_dir}", flush=True)
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine = machine_info()
@@ -727,43 +775,24 @@ def main(argv: list[str] | None = None) -> int:
         Settings(polar_server="production").polar_budget_per_minute
     )
     stack = Stack(config.log_dir, env)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    status = 1
-    try:
-        try:
-            print(f"Starting a private stack in {data_dir}", flush=True)
-            start_stack(stack, config)
-            pids = {c.name: c.process.pid for c in stack.children}
-            results = asyncio.run(measure(args, config, pids))
-            stack.check_alive("during the benchmark")
-            results["machine"] = machine
-            results["settings"] = {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            }
-            print(report(machine, args, results), flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(results, indent=2) + "\n")
-                print(f"\nresults written to {args.json}")
-            status = 0
-        except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted: stopping the benchmark's stack", flush=True)
-            status = 130
-        except StackError as exc:
-            print(f"bench: {exc}", file=sys.stderr, flush=True)
-        except Exception:
-            traceback.print_exc()
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            stack.stop_all()
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, previous)
-    if args.keep_data or status == 1:
-        print(f"data and logs kept in {data_dir}", flush=True)
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    return status
+
+    def body() -> int:
+        print(f"Starting a private stack in {data_dir}", flush=True)
+        start_stack(stack, config)
+        pids = {c.name: c.process.pid for c in stack.children}
+        results = asyncio.run(measure(args, config, pids))
+        stack.check_alive("during the benchmark")
+        results["machine"] = machine
+        results["settings"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        }
+        print(report(machine, args, results), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"\nresults written to {args.json}")
+        return 0
+
+    return run_guarded(body, [stack], data_dir, args.keep_data)
 
 
 if __name__ == "__main__":

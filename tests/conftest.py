@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.gateway import PolarGateway
 from polar_credits import search_attributes
+from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
 from polar_credits.rules import RulesFile, load_rules
 from polar_credits.settings import Settings
 from tests.support.net import free_port
@@ -52,6 +53,21 @@ units = 250
 products = ["{SUBSCRIPTION_PRODUCT_ID}"]
 billing_reasons = ["subscription_create", "subscription_cycle"]
 """
+
+
+def credit_pack_order(customer_id: str, order_id: str, **policy: float) -> OrderCreditsInput:
+    """A paid purchase of the credit pack (the starter-bonus rule: 10 units), as the API
+    would start its run; `policy` sets the verification's bounds."""
+    return OrderCreditsInput(
+        order=OrderFacts(
+            order_id=order_id,
+            customer_id=customer_id,
+            billing_reason="purchase",
+            status="paid",
+            product_id=CREDIT_PRODUCT_ID,
+        ),
+        verification=VerificationPolicy(**policy),
+    )
 
 
 @dataclass

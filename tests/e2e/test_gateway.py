@@ -19,14 +19,11 @@ from temporalio.testing import WorkflowEnvironment
 from activities.gateway import PolarGateway
 from polar_credits import search_attributes as sa
 from polar_credits.models import (
-    OrderCreditsInput,
     OrderCreditsState,
-    OrderFacts,
     PolarErrorType,
-    VerificationPolicy,
 )
 from polar_credits.rules import parse_rules
-from tests.conftest import CREDIT_PRODUCT_ID, TEST_RULES, Stack
+from tests.conftest import TEST_RULES, Stack, credit_pack_order
 from tests.support.standin import StandinProcess
 from worker import build_worker
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
@@ -219,16 +216,7 @@ async def test_reads_failing_past_every_retry_never_fail_a_granted_run(
     try:
         handle = await stack.temporal.start_workflow(
             OrderCreditsWorkflow.run,
-            OrderCreditsInput(
-                order=OrderFacts(
-                    order_id=order_id,
-                    customer_id=customer_id,
-                    billing_reason="purchase",
-                    status="paid",
-                    product_id=CREDIT_PRODUCT_ID,
-                ),
-                verification=VerificationPolicy(timeout_seconds=4, first_interval_seconds=0.2),
-            ),
+            credit_pack_order(customer_id, order_id, timeout_seconds=4, first_interval_seconds=0.2),
             id=order_workflow_id(order_id),
             task_queue=stack.settings.credits_task_queue,
         )

@@ -15,10 +15,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits.models import (
-    OrderCreditsInput,
     OrderCreditsState,
-    OrderFacts,
-    VerificationPolicy,
 )
 from polar_credits.rules import parse_rules
 from tests.conftest import (
@@ -26,6 +23,7 @@ from tests.conftest import (
     METER_ID,
     TEST_RULES,
     WEBHOOK_SECRET,
+    credit_pack_order,
     seeded_standin,
 )
 from tests.support.net import free_port
@@ -64,17 +62,8 @@ async def run_order(
     order_id = str(uuid.uuid4())
     return await client.execute_workflow(
         OrderCreditsWorkflow.run,
-        OrderCreditsInput(
-            order=OrderFacts(
-                order_id=order_id,
-                customer_id=customer_id,
-                billing_reason="purchase",
-                status="paid",
-                product_id=CREDIT_PRODUCT_ID,
-            ),
-            verification=VerificationPolicy(
-                timeout_seconds=timeout_seconds, first_interval_seconds=0.5
-            ),
+        credit_pack_order(
+            customer_id, order_id, timeout_seconds=timeout_seconds, first_interval_seconds=0.5
         ),
         id=f"lag-test-{order_id}",
         task_queue=queue,
