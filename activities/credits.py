@@ -186,8 +186,14 @@ class CreditActivities:
     @activity.defn(name="ingest_grants")
     async def ingest_grants(self, grants: list[Grant]) -> IngestResult:
         outcome = await self._gateway.ingest([grant_event(g) for g in grants])
-        inserted = outcome.inserted if outcome.inserted is not None else outcome.confirmed
-        return IngestResult(inserted=inserted, duplicates=outcome.duplicates or 0)
+        # The same answer as the new path gives: counts Polar's call cannot attribute are null.
+        return IngestResult(
+            inserted=outcome.inserted,
+            duplicates=outcome.duplicates,
+            confirmed=outcome.confirmed,
+            stored_by=outcome.stored_by.isoformat(),
+            batch_events=outcome.batch_events,
+        )
 
     @activity.defn(name="read_meter")
     async def read_meter(self, check: MeterCheckInput) -> MeterReading:

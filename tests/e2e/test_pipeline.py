@@ -350,3 +350,25 @@ async def test_webhook_logs_never_show_the_secret_or_customer_data(
     for secret in (WEBHOOK_SECRET, stack.standin.token, email, name):
         assert secret not in caplog.text
         assert secret not in api_log
+
+
+async def test_first_release_ingest_still_grants_once_through_the_gateway(stack: Stack) -> None:
+    """Runs the first release started call `ingest_grants` with a list of grants."""
+    customer_id = new_customer(stack)
+    order = OrderFacts(
+        order_id=str(uuid.uuid4()),
+        customer_id=customer_id,
+        billing_reason="purchase",
+        status="paid",
+        product_id=CREDIT_PRODUCT_ID,
+    )
+    activities = CreditActivities(stack.gateway, stack.rules)
+    env = ActivityEnvironment()
+    grants = await env.run(activities.evaluate_rules, order)
+
+    first = await env.run(activities.ingest_grants, grants)
+    second = await env.run(activities.ingest_grants, grants)
+
+    assert (first.inserted, first.duplicates, first.confirmed) == (1, 0, 1)
+    assert (second.inserted, second.duplicates, second.confirmed) == (0, 1, 1)
+    assert len(grant_events(stack, customer_id)) == 1
