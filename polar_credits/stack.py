@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -45,6 +46,15 @@ READY_LINE = "polar-credits stack is ready"
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
 LOG_TAIL_LINES = 25
+# Logs survive restarts: each start appends to .data/logs/<name>.log after a separator line.
+# A log already larger than LOG_ROTATE_BYTES when its process starts is first renamed to
+# <name>.log.1 (older ones shift to .2, .3; at most LOG_KEEP_ROTATED are kept). Rotation
+# happens only at start, so a long-running process's log may grow past the limit.
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+LOG_KEEP_ROTATED = 3
+LOG_SEPARATOR_PREFIX = "==== polar-credits: "
+# log_tail reads at most this much from the end of a log.
+LOG_TAIL_MAX_BYTES = 64 * 1024
 
 
 # --- Command lines (argv[0] is a logical name: "temporal" or "python") -------------------
@@ -258,17 +268,69 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def rotate_log(path: Path) -> None:
+    """If `path` is over LOG_ROTATE_BYTES, shift it to `.1` (`.1` to `.2`, ...), dropping
+    whatever would go past LOG_KEEP_ROTATED. Called only when a process starts."""
+    try:
+        if path.stat().st_size <= LOG_ROTATE_BYTES:
+            return
+    except FileNotFoundError:
+        return
+    keep = LOG_KEEP_ROTATED
+    if keep < 1:
+        path.unlink()
+        return
+    old = path.with_name(f"{path.name}.{keep}")
+    old.unlink(missing_ok=True)
+    for number in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{number}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{number + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+def log_separator(name: str) -> str:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    return f"{LOG_SEPARATOR_PREFIX}{name} started {started} ====\n"
+
+
+def _split_runs(text: str) -> list[str]:
+    """`text` cut at each separator line (the separator lines themselves dropped)."""
+    runs = [""]
+    for line in text.splitlines(keepends=True):
+        if line.startswith(LOG_SEPARATOR_PREFIX):
+            runs.append("")
+        else:
+            runs[-1] += line
+    return runs
+
+
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
+    # Where this run's output starts in the log (just after its separator line).
+    log_start: int = 0
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines this run wrote: never an earlier run's (say, its traceback)."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                run_start = self.log_start if self.log_start <= size else 0
+                start = max(run_start, size - LOG_TAIL_MAX_BYTES)
+                log.seek(start)
+                data = log.read()
         except OSError:
             return "(no log)"
+        text = data.decode(errors="replace")
+        if start > run_start:
+            text = text.partition("\n")[2]  # began mid-line
+        runs = _split_runs(text)
+        # From our own separator on, the first part is ours and anything after a further
+        # separator is a later start under the same name; without an offset, the last run.
+        text = runs[0] if run_start > 0 else runs[-1]
         tail = text.splitlines()[-lines:]
         return "\n".join("    " + line for line in tail) if tail else "    (log is empty)"
 
@@ -291,7 +353,12 @@ class Stack:
     def start(self, name: str, argv: list[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
+        rotate_log(log_path)
+        # Append, never truncate: a restart after a crash must keep the crash's traceback.
+        with open(log_path, "ab") as log:
+            log.write(log_separator(name).encode())
+            log.flush()
+            log_start = log.tell()
             process = subprocess.Popen(
                 resolve_program(argv),
                 cwd=self.cwd,
@@ -302,7 +369,7 @@ class Stack:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        child = Child(name, process, log_path)
+        child = Child(name, process, log_path, log_start)
         self.children.append(child)
         print(f"  started {name} (pid {process.pid}), log {display_path(log_path)}", flush=True)
         return child

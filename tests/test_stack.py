@@ -154,6 +154,75 @@ def test_a_child_that_dies_stops_the_others(tmp_path: Path) -> None:
     assert not psutil.pid_exists(first.process.pid)
 
 
+# --- Logs: appended with a separator per start, rotated at start, tails of this run only --
+
+
+def _run_to_exit(processes: stack.Stack, name: str, code: str) -> stack.Child:
+    child = processes.start(name, ["python", "-c", code])
+    try:
+        child.process.wait(timeout=30)
+    finally:
+        processes.stop_all(timeout=5)
+    return child
+
+
+def test_a_restart_appends_to_the_log_after_a_separator(tmp_path: Path) -> None:
+    processes = stack.Stack(tmp_path / "logs", os.environ, cwd=tmp_path)
+    _run_to_exit(processes, "svc", "raise SystemExit('first run crashed')")
+    _run_to_exit(processes, "svc", "print('second run')")
+
+    lines = (tmp_path / "logs" / "svc.log").read_text().splitlines()
+    separator = r"==== polar-credits: svc started \d{4}-\d\d-\d\dT[\d:]+\+00:00 ===="
+    starts = [i for i, line in enumerate(lines) if re.fullmatch(separator, line)]
+    assert len(starts) == 2 and starts[0] == 0, lines
+    assert lines[1 : starts[1]] == ["first run crashed"]
+    assert lines[starts[1] + 1 :] == ["second run"]
+    assert not list((tmp_path / "logs").glob("svc.log.*"))
+
+
+def test_a_log_over_the_limit_is_rotated_at_start_keeping_a_bounded_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack, "LOG_ROTATE_BYTES", 100)
+    monkeypatch.setattr(stack, "LOG_KEEP_ROTATED", 2)
+    logs = tmp_path / "logs"
+    processes = stack.Stack(logs, os.environ, cwd=tmp_path)
+    for run in range(1, 5):
+        # Each run writes more than the limit, so the next start rotates its log.
+        _run_to_exit(processes, "svc", f"print('run {run} ' + 'x' * 200)")
+        kept = ["svc.log", "svc.log.1", "svc.log.2"][: min(run, 3)]
+        assert sorted(p.name for p in logs.iterdir()) == kept
+    assert "run 4 " in (logs / "svc.log").read_text()
+    assert "run 3 " in (logs / "svc.log.1").read_text()
+    assert "run 2 " in (logs / "svc.log.2").read_text()  # run 1 was dropped
+
+    # Under the limit, nothing moves: the next start appends.
+    monkeypatch.setattr(stack, "LOG_ROTATE_BYTES", 10_000)
+    _run_to_exit(processes, "svc", "print('run 5')")
+    text = (logs / "svc.log").read_text()
+    assert "run 4 " in text and "run 5" in text
+    assert "run 3 " in (logs / "svc.log.1").read_text()
+
+
+def test_log_tail_shows_only_the_current_run(tmp_path: Path) -> None:
+    processes = stack.Stack(tmp_path / "logs", os.environ, cwd=tmp_path)
+    _run_to_exit(processes, "svc", "raise RuntimeError('old crash')")
+    child = _run_to_exit(processes, "svc", "import sys; print('new output'); sys.exit(4)")
+
+    tail = child.log_tail()
+    assert "new output" in tail
+    assert "old crash" not in tail and "polar-credits:" not in tail
+    assert "old crash" not in str(child.exited_error("at start"))
+    # Without the start offset (a Child built by hand), still only the last run.
+    by_hand = stack.Child("svc", child.process, child.log_path)
+    assert by_hand.log_tail() == tail
+
+    silent = _run_to_exit(processes, "svc", "pass")
+    assert silent.log_tail() == "    (log is empty)"
+    # The earlier Child still sees its own lines, not the later start's.
+    assert child.log_tail() == tail
+
+
 # --- The whole stack on free ports --------------------------------------------------------
 
 
