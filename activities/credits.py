@@ -17,6 +17,7 @@ from typing import TypeVar
 from temporalio import activity
 
 from activities.gateway import MeterRow, PolarGateway
+from polar_credits.logsafe import shown
 from polar_credits.models import (
     Grant,
     IngestGrantsInput,
@@ -27,6 +28,7 @@ from polar_credits.models import (
     OrderFacts,
     VerifyGrantsInput,
     VerifyGrantsResult,
+    order_key,
 )
 from polar_credits.rules import RulesFile, decide_grants
 
@@ -48,7 +50,7 @@ def grant_event(grant: Grant) -> dict:
             # A Sum meter only counts JSON numbers: an int, never "-10".
             grant.property: -grant.units,
             "rule_id": grant.rule_id,
-            "order_id": grant.order_id,
+            "order_id": order_key(grant.order_id),  # within Polar's 500 characters
             "reason": grant.reason,
             "source": "polar-credits",
         },
@@ -105,7 +107,7 @@ class CreditActivities:
         outcome = await _heartbeating(self._gateway.ingest([grant_event(g) for g in grants]))
         activity.logger.info(
             "grants for order %s confirmed by Polar (%d event(s), in a call of %d)",
-            grants[0].order_id if grants else "-",
+            shown(grants[0].order_id) if grants else "-",
             outcome.confirmed,
             outcome.batch_events,
         )
@@ -158,7 +160,7 @@ class CreditActivities:
                     log.warning(
                         "meter check %d for customer %s missed: %s",
                         result.checks,
-                        input.customer_id,
+                        shown(input.customer_id),
                         reading,
                     )
                     continue

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
-import uvicorn
-
 from api.app import create_app
+from api.server import serve
+from polar_credits.logsafe import configure_logging
+from polar_credits.rules import RulesError
 from polar_credits.settings import SettingsError, load_settings
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         settings = load_settings("POLAR_WEBHOOK_SECRET")
-    except SettingsError as exc:
+        app = create_app(settings)
+    except (SettingsError, RulesError) as exc:
         print(f"polar-credits api: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        create_app(settings),
-        host=settings.credits_api_host,
-        port=settings.credits_api_port,
-        log_level="warning",
-        access_log=False,
-    )
-    return 0
+    # uvicorn with read timeouts on slow clients (api/server.py, README "Operations").
+    return serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 
-from api import health, webhooks
+from api import health, metrics, webhooks
+from api.metrics import Metrics
+from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     """`temporal` may be given by tests; otherwise a lazy client connects on first use, so
-    the API starts (and answers 503) while Temporal is still coming up."""
+    the API starts (and answers 503) while Temporal is still coming up.
+
+    Reads the rules file (CREDITS_RULES_FILE, the worker's) only for the order metadata keys
+    its rules name: no other metadata is copied into a workflow. Raises RulesError."""
     assert settings.polar_webhook_secret is not None
+    rules_file = settings.credits_rules_file
+    metadata_keys = load_rules(rules_file).metadata_keys() if rules_file else frozenset()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        webhooks.warm_up_parsers()
         app.state.temporal = temporal or await Client.connect(
             settings.temporal_address, namespace=settings.temporal_namespace, lazy=True
         )
@@ -30,11 +40,51 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         summary="Grants usage credits to Polar customers, durably, from signed webhooks.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metadata_keys = metadata_keys
+    app.state.metrics = Metrics()
     app.state.webhook_verifier = webhooks.polar_verifier(
         settings.polar_webhook_secret.get_secret_value()
     )
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    _serve_docs_offline(app)
     return app
+
+
+# Swagger UI 5 and ReDoc 2, as shipped inside the fastapi-offline wheel (swagger-ui-bundle 1.1.0
+# ships Swagger UI 4, which cannot render the OpenAPI 3.1 schema FastAPI emits).
+DOCS_ASSETS = files("fastapi_offline") / "static"
+DOCS_ASSETS_URL = "/docs/assets"
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` with their JavaScript and CSS served by this app, not a
+    CDN, so they work on a machine without internet access (FastAPI's "self-hosting" recipe)."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui_html(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_html(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -1,32 +1,40 @@
 """`POST /webhooks/polar`: verify, parse, start the order's workflow, answer in milliseconds.
 
-It never calls Polar. Anything that is not accepted is answered with a status that makes
-Polar's behaviour right: 4xx for requests that can never succeed, 503 when Temporal is
-unreachable so Polar retries and nothing is lost.
+It never calls Polar. Every answer makes Polar's behaviour right (Polar retries anything
+but a 2xx, and disables an endpoint after ten failed events in a row):
+- 4xx for a request that is not a genuine delivery (bad signature, malformed body);
+- 2xx for every genuine delivery, including one holding a value this release does not know
+  yet (ignored, counted) and one that can never be processed (refused, logged, counted);
+- 503 only when Temporal is unavailable, within a deadline well under Polar's 10 s, so
+  Polar's retry is the one that counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
 import logging
-from typing import Literal
+from datetime import timedelta
+from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
-from polar.base import PolarDeserializationError, deserialize
-from polar.v2026_10.webhooks import WebhookOrderPaidPayload
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.requests import ClientDisconnect
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
+from api.metrics import UNKNOWN_VALUES, WEBHOOKS, Metrics
+from api.payloads import BadPayload, parse_json
 from polar_credits import search_attributes as sa
+from polar_credits.logsafe import shown
 from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
-from polar_credits.orders import order_facts
+from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.settings import Settings
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
@@ -35,17 +43,30 @@ router = APIRouter(tags=["webhooks"])
 
 MAX_BODY_BYTES = 1024 * 1024
 HANDLED_EVENTS = frozenset({"order.paid"})
+# Temporal answers these when the request itself is invalid: retrying cannot help.
+PERMANENT_START_ERRORS = frozenset({RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.OUT_OF_RANGE})
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 class WebhookAnswer(BaseModel):
-    status: Literal["started", "duplicate", "ignored"]
+    status: Literal["started", "duplicate", "ignored", "refused"]
     event_type: str
     workflow_id: str | None = None
     ui_url: str | None = None
+    detail: str | None = None
 
 
 class Problem(BaseModel):
     detail: str
+
+
+class PolarEvent(BaseModel):
+    """The envelope of every Polar webhook; only `order.paid` starts a run."""
+
+    type: str
+    timestamp: str | None = None
+    api_version: str | None = None
+    data: PaidOrder
 
 
 def polar_verifier(secret: str) -> Webhook:
@@ -53,95 +74,225 @@ def polar_verifier(secret: str) -> Webhook:
     return Webhook(base64.b64encode(secret.encode()).decode())
 
 
-def warm_up_parsers() -> None:
-    """polar-sdk builds its model loaders on first use; do it before the first delivery."""
-    try:
-        deserialize({}, WebhookOrderPaidPayload)
-    except PolarDeserializationError:
-        pass
-
-
 def workflow_ui_url(settings: Settings, workflow_id: str) -> str:
+    """Ids are percent-encoded: whatever an order id holds, the link opens that run."""
     base = settings.temporal_ui_url.rstrip("/")
-    return f"{base}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+    namespace = quote(settings.temporal_namespace, safe="")
+    return f"{base}/namespaces/{namespace}/workflows/{quote(workflow_id, safe='')}"
 
 
 def start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
     """Set at start so an operator finds the run in the UI before its first task runs."""
-    pairs = [
-        SearchAttributePair(sa.POLAR_ORDER_ID, facts.order_id),
-        SearchAttributePair(sa.POLAR_CUSTOMER_ID, facts.customer_id),
-        SearchAttributePair(sa.CREDIT_STATUS, "pending"),
+    pairs = [SearchAttributePair(sa.CREDIT_STATUS, "pending")]
+    pairs += [
+        SearchAttributePair(key, value)
+        for key, value in sa.identity_values(facts.order_id, facts.customer_id, facts.product_id)
     ]
-    if facts.product_id:
-        pairs.append(SearchAttributePair(sa.POLAR_PRODUCT_ID, facts.product_id))
     return pairs
 
 
-async def _read_body(request: Request) -> bytes:
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _refuse(request: Request, status: int, outcome: str, detail: str) -> HTTPException:
+    _metrics(request).count(WEBHOOKS, outcome=outcome)
+    return HTTPException(status, detail)
+
+
+async def _read_body(request: Request, seconds: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, "Request body is larger than 1 MiB")
+        raise _refuse(request, 413, "too_large", "Request body is larger than 1 MiB")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, "Request body is larger than 1 MiB")
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise _refuse(request, 413, "too_large", "Request body is larger than 1 MiB")
+    except TimeoutError:
+        raise _refuse(
+            request, 408, "body_timeout", f"Request body did not arrive within {seconds:g} s"
+        ) from None
     return bytes(body)
 
 
-def _verify(verifier: Webhook, body: bytes, request: Request) -> None:
-    headers = {
-        name: request.headers.get(name, "")
-        for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
-    }
+def _verify(request: Request, body: bytes) -> None:
+    headers = {name: request.headers.get(name, "") for name in SIGNATURE_HEADERS}
     try:
-        verifier.verify(body, headers, json_parse=False)
+        request.app.state.webhook_verifier.verify(body, headers, json_parse=False)
     except WebhookVerificationError as exc:
-        raise HTTPException(403, f"Webhook signature rejected: {exc}") from None
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        # Malformed signature header or non-UTF-8 body: cannot be a valid delivery.
-        raise HTTPException(403, "Webhook signature rejected: malformed signature") from None
+        raise _refuse(request, 403, "bad_signature", f"Webhook signature rejected: {exc}") from None
+    except UnicodeDecodeError:
+        raise _refuse(
+            request, 403, "bad_signature", "Webhook signature rejected: body is not UTF-8"
+        ) from None
+    except (ValueError, binascii.Error):
+        raise _refuse(
+            request, 403, "bad_signature", "Webhook signature rejected: malformed signature"
+        ) from None
+
+
+def _parse_order(request: Request, payload: Any) -> PolarEvent:
+    try:
+        return PolarEvent.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _refuse(
+            request,
+            400,
+            "bad_request",
+            f"Payload does not fit Polar's order.paid: {where}: {first['msg']}",
+        ) from None
+
+
+def _answer(request: Request, answer: WebhookAnswer, status_code: int = 202) -> JSONResponse:
+    _metrics(request).count(WEBHOOKS, outcome=answer.status)
+    return JSONResponse(status_code=status_code, content=answer.model_dump())
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined: a schema placed in an operation
+    cannot refer to `#/$defs/...`, which would resolve against the whole document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+WEBHOOK_DOC = """Polar posts its webhooks here (Standard Webhooks signature, secret
+`POLAR_WEBHOOK_SECRET`). `order.paid` starts the order's crediting run, keyed by the order
+id, so redeliveries and concurrent duplicates start nothing twice; every other event type
+is acknowledged and ignored. Every 2xx tells Polar to stop retrying; the body's `status`
+says what happened."""
 
 
 @router.post(
     "/webhooks/polar",
     response_model=WebhookAnswer,
     status_code=202,
-    responses={
-        200: {"model": WebhookAnswer, "description": "Duplicate: this order already has a run"},
-        400: {"model": Problem},
-        403: {"model": Problem},
-        413: {"model": Problem},
-        503: {"model": Problem, "description": "Temporal unreachable; Polar will retry"},
-    },
     summary="Receive a signed Polar webhook",
+    description=WEBHOOK_DOC,
+    responses={
+        200: {
+            "model": WebhookAnswer,
+            "description": "`duplicate`: this order already has a run that did not fail; "
+            "nothing started. `refused`: a genuine delivery that can never be processed "
+            "(an id far beyond Polar's, or Temporal refused the run as invalid); nothing "
+            "started, the refusal is logged and counted so Polar stops retrying.",
+        },
+        202: {
+            "model": WebhookAnswer,
+            "description": "`started`: the order's run started (`workflow_id`, `ui_url`). "
+            "`ignored`: an event type the service does not act on, or an order whose status "
+            "or billing reason this release does not know yet; nothing granted, counted in "
+            "`/metrics`.",
+        },
+        400: {"model": Problem, "description": "Signed, but the body is malformed."},
+        403: {"model": Problem, "description": "Signature, id or timestamp rejected."},
+        408: {"model": Problem, "description": "The body did not arrive in time."},
+        413: {"model": Problem, "description": "Body larger than 1 MiB."},
+        503: {
+            "model": Problem,
+            "description": "Temporal unavailable or too slow to answer; Polar retries.",
+        },
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": description,
+            }
+            for name, description in (
+                ("webhook-id", "Delivery id, stable across Polar's retries."),
+                ("webhook-timestamp", "Unix seconds; at most 5 minutes off."),
+                ("webhook-signature", "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`."),
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _inline_schema(PolarEvent)}},
+            "description": "Polar's event envelope. Only `order.paid` is acted on; the "
+            "fields shown are the ones read, all others are ignored.",
+        },
+    },
 )
 async def polar_webhook(
     request: Request,
     settings: SettingsDep,
     temporal: TemporalDep,
-) -> WebhookAnswer | JSONResponse:
-    body = await _read_body(request)
-    _verify(request.app.state.webhook_verifier, body, request)
+) -> Response:
+    try:
+        body = await _read_body(request, settings.credits_api_body_timeout_seconds)
+    except ClientDisconnect:
+        # The client left: nobody reads an answer, and there is nothing to log.
+        _metrics(request).count(WEBHOOKS, outcome="client_disconnected")
+        return Response(status_code=400)
+    _verify(request, body)
 
     try:
-        payload = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "Body is not valid JSON") from None
+        payload = parse_json(body)
+    except BadPayload as exc:
+        raise _refuse(request, 400, "bad_request", str(exc)) from None
     event_type = payload.get("type") if isinstance(payload, dict) else None
     if not isinstance(event_type, str):
-        raise HTTPException(400, "Payload has no event type")
+        raise _refuse(request, 400, "bad_request", "Payload has no event type")
     if event_type not in HANDLED_EVENTS:
-        return WebhookAnswer(status="ignored", event_type=event_type)
+        return _answer(request, WebhookAnswer(status="ignored", event_type=event_type))
 
-    try:
-        event = deserialize(payload, WebhookOrderPaidPayload)
-    except PolarDeserializationError as exc:
-        raise HTTPException(
-            400, f"Payload does not fit Polar's {event_type} schema: {exc.error}"
-        ) from None
-    facts = order_facts(event.data)
+    order = _parse_order(request, payload).data
+    unknown = order.unknown_values()
+    if unknown:
+        for field in unknown:
+            _metrics(request).count(UNKNOWN_VALUES, field=field)
+        described = ", ".join(f"{field} {shown(value, 40)!r}" for field, value in unknown.items())
+        log.warning(
+            "order %s: ignored, unknown %s; nothing granted (upgrade, then redeliver from Polar)",
+            shown(order.id),
+            described,
+        )
+        return _answer(
+            request,
+            WebhookAnswer(
+                status="ignored",
+                event_type=event_type,
+                detail=f"Unknown {described}: nothing granted",
+            ),
+        )
+
+    metadata_keys = request.app.state.metadata_keys
+    refusal = order.refusal(metadata_keys)
+    if refusal:
+        return _refused(request, event_type, order.id, refusal)
+    return await _start(request, settings, temporal, event_type, order_facts(order, metadata_keys))
+
+
+def _refused(request: Request, event_type: str, order_id: str, reason: str) -> JSONResponse:
+    log.warning("order %s: refused for good, %s; nothing started", shown(order_id), reason)
+    answer = WebhookAnswer(
+        status="refused", event_type=event_type, detail=f"{reason}; nothing started"
+    )
+    return _answer(request, answer, status_code=200)
+
+
+async def _start(
+    request: Request, settings: Settings, temporal: Any, event_type: str, facts: OrderFacts
+) -> Response:
     workflow_id = order_workflow_id(facts.order_id)
     answer = WebhookAnswer(
         status="started",
@@ -149,32 +300,49 @@ async def polar_webhook(
         workflow_id=workflow_id,
         ui_url=workflow_ui_url(settings, workflow_id),
     )
+    deadline = settings.credits_temporal_start_timeout_seconds
     try:
-        await temporal.start_workflow(
-            OrderCreditsWorkflow.run,
-            OrderCreditsInput(
-                order=facts,
-                verification=VerificationPolicy(
-                    timeout_seconds=settings.credits_verify_timeout_seconds,
-                    first_interval_seconds=settings.credits_verify_first_check_seconds,
+        async with asyncio.timeout(deadline):
+            await temporal.start_workflow(
+                OrderCreditsWorkflow.run,
+                OrderCreditsInput(
+                    order=facts,
+                    verification=VerificationPolicy(
+                        timeout_seconds=settings.credits_verify_timeout_seconds,
+                        first_interval_seconds=settings.credits_verify_first_check_seconds,
+                    ),
                 ),
-            ),
-            id=workflow_id,
-            task_queue=settings.credits_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(start_attributes(facts)),
-        )
+                id=workflow_id,
+                task_queue=settings.credits_task_queue,
+                # A run that failed (Polar rejected the grant) may be run again by
+                # redelivering the webhook; a run that granted, or still runs, never is.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                search_attributes=TypedSearchAttributes(start_attributes(facts)),
+                rpc_timeout=timedelta(seconds=deadline),
+            )
     except WorkflowAlreadyStartedError:
-        log.info("order %s: duplicate delivery, run %s exists", facts.order_id, workflow_id)
-        answer.status = "duplicate"
-        return JSONResponse(status_code=200, content=answer.model_dump())
-    except (RPCError, RuntimeError) as exc:
-        # RuntimeError: the lazy client could not connect at all.
-        log.warning(
-            "order %s: Temporal unavailable (%s); asking Polar to retry",
-            facts.order_id,
-            type(exc).__name__,
+        log.info(
+            "order %s: duplicate delivery, run %s exists",
+            shown(facts.order_id),
+            shown(workflow_id),
         )
-        raise HTTPException(503, "Temporal is unreachable; retry later") from None
-    log.info("order %s: started %s", facts.order_id, workflow_id)
-    return answer
+        answer.status = "duplicate"
+        return _answer(request, answer, status_code=200)
+    except RPCError as exc:
+        if exc.status in PERMANENT_START_ERRORS:
+            return _refused(
+                request, event_type, facts.order_id, f"Temporal refused the run: {exc.message}"
+            )
+        return _unavailable(request, facts, type(exc).__name__)
+    except (TimeoutError, RuntimeError) as exc:
+        # RuntimeError: the lazy client could not connect at all.
+        return _unavailable(request, facts, type(exc).__name__)
+    log.info("order %s: started %s", shown(facts.order_id), shown(workflow_id))
+    return _answer(request, answer)
+
+
+def _unavailable(request: Request, facts: OrderFacts, cause: str) -> Response:
+    log.warning(
+        "order %s: Temporal unavailable (%s); asking Polar to retry", shown(facts.order_id), cause
+    )
+    raise _refuse(request, 503, "temporal_unavailable", "Temporal is unreachable; retry later")

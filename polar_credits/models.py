@@ -7,10 +7,26 @@ name: these objects are written into workflow histories.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 MetadataValue = str | int | float | bool
+
+# Polar's order ids are 36-character UUIDs. Ids, external ids and event metadata derived
+# from an order id must stay within Temporal's and Polar's limits (1,000 bytes for a workflow
+# id, 500 characters for a metadata value) and be safe to print.
+MAX_PLAIN_ORDER_KEY_CHARS = 200
+
+
+def order_key(order_id: str) -> str:
+    """The order id as it appears in workflow ids, external ids and event metadata: itself,
+    or, when long or holding characters that do not belong in an id (newlines, escapes),
+    its SHA-256. Still one key per order, so every layer of dedupe holds."""
+    if len(order_id) <= MAX_PLAIN_ORDER_KEY_CHARS and order_id.isprintable():
+        return order_id
+    digest = hashlib.sha256(order_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sha256-{digest}"
 
 
 class CreditStatus(StrEnum):

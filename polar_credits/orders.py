@@ -1,17 +1,100 @@
 """From Polar's order object to the facts a crediting decision may use.
 
-Deliberately leaves out everything personal (the customer's email, name, billing address):
-the result is written into workflow histories.
+Reads only the fields a decision uses, and reads them leniently: a value Polar adds later
+(a new status, a new billing reason, a new field anywhere) must never make a correctly
+signed delivery unreadable. Deliberately leaves out everything personal (the customer's
+email, name, billing address) and every metadata key the rules do not name: the result is
+written into workflow histories.
 """
 
 from __future__ import annotations
 
-from polar.v2026_10.outputs import Order
+from datetime import datetime
+from typing import Annotated, Any, get_args
 
-from polar_credits.models import OrderFacts
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from polar_credits.logsafe import shown
+from polar_credits.models import MetadataValue, OrderFacts
+from polar_credits.rules import BillingReason
+
+# Order statuses and billing reasons this release knows (POLAR_FACTS.md, "Orders and
+# subscriptions"). Anything else is Polar's news: accepted, granted nothing, counted.
+KNOWN_STATUSES = frozenset({"pending", "paid", "refunded", "partially_refunded", "void", "draft"})
+KNOWN_BILLING_REASONS = frozenset(get_args(BillingReason))
+
+# Polar's ids are 36-character UUIDs. Far longer ones cannot be Polar's, and Temporal caps
+# search attribute values; an order id of any length up to this is accepted (its workflow
+# id is hashed beyond 200 characters), customer and product ids up to 256.
+MAX_ORDER_ID_CHARS = 4096
+MAX_REFERENCE_ID_CHARS = 256
+# Polar's own limit on a metadata string value.
+MAX_METADATA_VALUE_CHARS = 500
+# Amounts are integer cents; beyond 2**53 a JSON number is no longer exact anywhere.
+MAX_AMOUNT = 2**53
+
+Amount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 
-def order_facts(order: Order) -> OrderFacts:
+class SubscriptionSnapshot(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: StrictStr | None = None
+
+
+class PaidOrder(BaseModel):
+    """The part of Polar's order object the service reads; every other field is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: StrictStr = Field(min_length=1)
+    customer_id: StrictStr = Field(min_length=1)
+    product_id: StrictStr | None = None
+    subscription_id: StrictStr | None = None
+    status: StrictStr
+    billing_reason: StrictStr
+    subscription: SubscriptionSnapshot | None = None
+    currency: StrictStr = "usd"
+    subtotal_amount: Amount = 0
+    discount_amount: Amount = 0
+    net_amount: Amount = 0
+    tax_amount: Amount = 0
+    total_amount: Amount = 0
+    refunded_amount: Amount = 0
+    seats: Amount | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: datetime | None = None
+
+    def unknown_values(self) -> dict[str, str]:
+        """Fields whose value this release does not know: nothing is granted for them."""
+        unknown = {}
+        if self.status not in KNOWN_STATUSES:
+            unknown["status"] = self.status
+        if self.billing_reason not in KNOWN_BILLING_REASONS:
+            unknown["billing_reason"] = self.billing_reason
+        return unknown
+
+    def refusal(self, metadata_keys: frozenset[str]) -> str | None:
+        """Why this order can never be processed, or None. Only for values no real Polar
+        order has; the answer tells Polar to stop retrying, and operators see it."""
+        if len(self.id) > MAX_ORDER_ID_CHARS:
+            return f"order id is longer than {MAX_ORDER_ID_CHARS} characters"
+        for name in ("customer_id", "product_id", "subscription_id"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_REFERENCE_ID_CHARS:
+                return f"{name} is longer than {MAX_REFERENCE_ID_CHARS} characters"
+        for key, value in _allowed_metadata(self.metadata, metadata_keys).items():
+            if isinstance(value, str) and len(value) > MAX_METADATA_VALUE_CHARS:
+                return (
+                    f"metadata {shown(key, 40)!r} is longer than "
+                    f"{MAX_METADATA_VALUE_CHARS} characters"
+                )
+        return None
+
+
+def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -> OrderFacts:
+    """`metadata_keys`: the keys the rules name (`RulesFile.metadata_keys`); no other
+    metadata is copied."""
     return OrderFacts(
         order_id=order.id,
         customer_id=order.customer_id,
@@ -28,6 +111,18 @@ def order_facts(order: Order) -> OrderFacts:
         total_amount=order.total_amount,
         refunded_amount=order.refunded_amount,
         seats=order.seats,
-        metadata=dict(order.metadata or {}),
-        created_at=order.created_at,
+        metadata=_allowed_metadata(order.metadata, metadata_keys),
+        created_at=order.created_at.isoformat() if order.created_at else None,
     )
+
+
+def _allowed_metadata(
+    metadata: dict[str, Any] | None, keys: frozenset[str]
+) -> dict[str, MetadataValue]:
+    # Polar's metadata values are strings, integers, floats or booleans; anything else under
+    # an allowed key is not something a rule can compare with, so it is left out too.
+    return {
+        key: value
+        for key, value in (metadata or {}).items()
+        if key in keys and isinstance(value, str | int | float | bool)
+    }

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
-from polar_credits.models import Grant, OrderFacts
+from polar_credits.models import Grant, OrderFacts, order_key
 
 BillingReason = Literal[
     "purchase",
@@ -21,6 +31,10 @@ BillingReason = Literal[
     "subscription_update",
     "subscription_meter_cycle",
 ]
+
+
+# Polar's own limit on metadata keys.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 
 class RulesError(Exception):
@@ -43,11 +57,18 @@ class Rule(BaseModel):
     units: StrictInt = Field(gt=0)
     products: list[str] | None = None
     billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
+    # Order metadata this rule requires, key → value (all must be equal). The keys named
+    # here are the only metadata that ever enters a workflow history (`metadata_keys`).
+    metadata: dict[MetadataKey, StrictStr | StrictInt | StrictBool] | None = None
 
     def matches(self, order: OrderFacts) -> bool:
         if order.billing_reason not in self.billing_reasons:
             return False
-        return self.products is None or order.product_id in self.products
+        if self.products is not None and order.product_id not in self.products:
+            return False
+        return all(
+            _same(order.metadata.get(key), value) for key, value in (self.metadata or {}).items()
+        )
 
 
 class RulesFile(BaseModel):
@@ -55,6 +76,11 @@ class RulesFile(BaseModel):
 
     meters: dict[str, Meter]
     rules: list[Rule]
+
+    def metadata_keys(self) -> frozenset[str]:
+        """The order metadata a decision can use: the allow-list of what the API copies into
+        a workflow's input. Everything else in an order's metadata stays out of histories."""
+        return frozenset(key for rule in self.rules for key in (rule.metadata or {}))
 
     @model_validator(mode="after")
     def _consistent(self) -> RulesFile:
@@ -111,9 +137,14 @@ def _describe(err: dict, raw: dict) -> str:
     return f"{where}: {message}" if where else message
 
 
+def _same(actual: object, wanted: str | int | bool) -> bool:
+    # True == 1 in Python; a rule asking for `true` must not match a metadata value of 1.
+    return type(actual) is type(wanted) and actual == wanted
+
+
 def grant_external_id(order_id: str, rule_id: str) -> str:
     """Polar's dedupe key for a grant: business keys only, so any retry maps to the same event."""
-    return f"polar-credits:order:{order_id}:rule:{rule_id}"
+    return f"polar-credits:order:{order_key(order_id)}:rule:{rule_id}"
 
 
 def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:

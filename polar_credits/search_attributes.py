@@ -19,3 +19,22 @@ def dev_server_flags() -> list[str]:
         for key in ALL
         for flag in ("--search-attribute", f"{key.name}={kinds[key.indexed_value_type.name]}")
     ]
+
+
+# Temporal caps a keyword value (2 KB by default); Polar's ids are 36 characters. A longer
+# id is kept out of the attribute (the run is still found by its workflow id).
+MAX_KEYWORD_CHARS = 256
+
+
+def identity_values(
+    order_id: str, customer_id: str, product_id: str | None
+) -> list[tuple[SearchAttributeKey[str], str]]:
+    """The identity attributes of an order run, each only if present and within the cap."""
+    wanted = [
+        (POLAR_ORDER_ID, order_id),
+        (POLAR_CUSTOMER_ID, customer_id),
+        (POLAR_PRODUCT_ID, product_id),
+    ]
+    return [
+        (key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS
+    ]

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     credits_verify_first_check_seconds: float = Field(default=16.0, ge=0)
     credits_api_host: str = "127.0.0.1"
     credits_api_port: int = Field(default=8000, ge=1, le=65535)
+    # Polar gives up on a delivery after 10 s: answer 503 well before, so its retry counts.
+    credits_temporal_start_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A client that trickles its request is cut off (README, "Operations").
+    credits_api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    credits_api_body_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("polar_access_token", "polar_webhook_secret", mode="before")
     @classmethod

@@ -47,6 +47,13 @@ units = 10
 products = ["{CREDIT_PRODUCT_ID}"]
 
 [[rules]]
+id = "launch-campaign"
+meter = "api_calls"
+units = 5
+products = ["{CREDIT_PRODUCT_ID}"]
+metadata = {{ campaign = "launch" }}
+
+[[rules]]
 id = "subscriber-allowance"
 meter = "api_calls"
 units = 250
@@ -159,6 +166,7 @@ async def stack(
             "CREDITS_VERIFY_TIMEOUT_SECONDS": str(settings.credits_verify_timeout_seconds),
             "CREDITS_VERIFY_FIRST_CHECK_SECONDS": "0.5",
             "CREDITS_API_PORT": str(port),
+            "CREDITS_RULES_FILE": str(rules_path),
         },
         ready_url=f"http://127.0.0.1:{port}/readyz",
         log_path=tmp_path_factory.mktemp("api") / "api.log",

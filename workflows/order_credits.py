@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         OrderFacts,
         PolarErrorType,
         VerifyGrantsInput,
+        order_key,
     )
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
@@ -61,7 +62,8 @@ ACTIVITY_TIMEOUT = timedelta(seconds=30)
 
 
 def order_workflow_id(order_id: str) -> str:
-    return f"order-credits-{order_id}"
+    """One id per order, so Temporal refuses a second run (see `order_key`)."""
+    return f"order-credits-{order_key(order_id)}"
 
 
 @workflow.defn
@@ -250,12 +252,8 @@ class OrderCreditsWorkflow:
 
 def _missing_identity_attributes(order: OrderFacts) -> list:
     present = workflow.info().typed_search_attributes
-    wanted = [
-        (sa.POLAR_ORDER_ID, order.order_id),
-        (sa.POLAR_CUSTOMER_ID, order.customer_id),
-        (sa.POLAR_PRODUCT_ID, order.product_id),
-    ]
-    return [key.value_set(value) for key, value in wanted if value and present.get(key) is None]
+    wanted = sa.identity_values(order.order_id, order.customer_id, order.product_id)
+    return [key.value_set(value) for key, value in wanted if present.get(key) is None]
 
 
 def _by_meter(grants: list[Grant]) -> list[list[Grant]]:

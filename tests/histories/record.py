@@ -29,9 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from polar.base import deserialize
 from polar.v2026_10 import PolarAsync
-from polar.v2026_10.outputs import Order
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
@@ -40,7 +38,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.webhooks import start_attributes
 from polar_credits import search_attributes
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
-from polar_credits.orders import order_facts
+from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import parse_rules
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
@@ -111,7 +109,7 @@ async def record(
         email=f"replay-{release}-{name}@example.com", name=BUYER_NAME
     )
     paid = standin.create_paid_order(customer["id"], scenario.product_id, deliver=False)
-    facts = order_facts(deserialize(paid["order"], Order))  # as the API reads order.paid
+    facts = order_facts(PaidOrder.model_validate(paid["order"]))  # as the API reads order.paid
     if not scenario.customer_exists:
         facts = replace(facts, customer_id=str(uuid.uuid4()))
     for fault in scenario.faults:
@@ -127,7 +125,7 @@ async def record(
                 OrderCreditsInput(order=facts, verification=scenario.policy),
                 id=order_workflow_id(facts.order_id),
                 task_queue=queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=TypedSearchAttributes(start_attributes(facts)),
             )
             try:

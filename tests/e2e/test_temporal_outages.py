@@ -1,0 +1,171 @@
+"""The webhook while Temporal is down, frozen or refusing, with real processes: a 503 comes
+well within Polar's 10 s only when Temporal is unavailable, and the delivery that Polar
+retries afterwards is the one that starts the run, once."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from tests.conftest import WEBHOOK_SECRET
+from tests.support.net import free_port
+from tests.support.processes import ServiceProcess
+from tests.support.signing import polar_signed_headers
+from tests.support.temporal import TemporalProcess
+from workflows.order_credits import order_workflow_id
+
+# Polar gives up on a delivery after 10 s; the API's own deadline is 5 s by default.
+POLAR_TIMEOUT_SECONDS = 10.0
+
+
+def order_paid(order_id: str) -> bytes:
+    return json.dumps(
+        {
+            "type": "order.paid",
+            "timestamp": "2026-11-30T12:00:00Z",
+            "data": {
+                "id": order_id,
+                "customer_id": str(uuid.uuid4()),
+                "product_id": str(uuid.uuid4()),
+                "status": "paid",
+                "billing_reason": "purchase",
+                "created_at": "2026-11-30T12:00:00Z",
+            },
+        }
+    ).encode()
+
+
+async def deliver(api_url: str, body: bytes) -> tuple[httpx.Response, float]:
+    """One delivery attempt as Polar makes it: freshly signed, and given up after 10 s."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=POLAR_TIMEOUT_SECONDS) as http:
+        response = await http.post(
+            f"{api_url}/webhooks/polar",
+            content=body,
+            headers=polar_signed_headers(WEBHOOK_SECRET, body),
+        )
+    return response, time.monotonic() - started
+
+
+async def get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(url)
+
+
+@pytest.fixture
+def temporal(tmp_path: Path) -> Iterator[TemporalProcess]:
+    process = TemporalProcess(tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def start_api(temporal: TemporalProcess, log_dir: Path) -> ServiceProcess:
+    port = free_port()
+    return ServiceProcess(
+        "api",
+        ["-m", "api"],
+        env={
+            "POLAR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "TEMPORAL_ADDRESS": temporal.address,
+            "CREDITS_TASK_QUEUE": "outage-test",
+            "CREDITS_API_PORT": str(port),
+        },
+        # /healthz, not /readyz: the API must come up while Temporal is down.
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_path=log_dir / "api.log",
+    ).start()
+
+
+def api_url(api: ServiceProcess) -> str:
+    return api.ready_url.removesuffix("/healthz")
+
+
+async def runs_of(temporal: TemporalProcess, order_id: str) -> list[str]:
+    client = await Client.connect(temporal.address)
+    query = f"WorkflowId = '{order_workflow_id(order_id)}'"
+    return [w.run_id async for w in client.list_workflows(query)]
+
+
+async def test_temporal_stopped_answers_503_fast_then_accepts_when_it_returns(
+    temporal: TemporalProcess, tmp_path: Path
+) -> None:
+    api = start_api(temporal, tmp_path)  # Temporal is not running yet
+    try:
+        order_id = str(uuid.uuid4())
+        response, took = await deliver(api_url(api), order_paid(order_id))
+        assert response.status_code == 503, response.text
+        assert took < POLAR_TIMEOUT_SECONDS - 2, f"answered in {took:.1f} s"
+        assert "Temporal" in response.json()["detail"]
+        assert (await get(f"{api_url(api)}/readyz")).status_code == 503
+
+        temporal.start()
+        response, _ = await deliver(api_url(api), order_paid(order_id))  # Polar's retry
+        assert response.status_code == 202 and response.json()["status"] == "started"
+        assert len(await runs_of(temporal, order_id)) == 1
+        assert "Traceback" not in api.log()
+    finally:
+        api.stop()
+
+
+async def test_temporal_frozen_answers_503_within_the_deadline(
+    temporal: TemporalProcess, tmp_path: Path
+) -> None:
+    temporal.start()
+    api = start_api(temporal, tmp_path)
+    try:
+        warm, _ = await deliver(api_url(api), order_paid(str(uuid.uuid4())))
+        assert warm.status_code == 202, warm.text  # connected before the freeze
+
+        order_id = str(uuid.uuid4())
+        temporal.freeze()
+        try:
+            response, took = await deliver(api_url(api), order_paid(order_id))
+        finally:
+            temporal.thaw()
+        assert response.status_code == 503, response.text
+        assert took < POLAR_TIMEOUT_SECONDS - 2, f"answered in {took:.1f} s"
+
+        # Polar retries. The frozen attempt may have reached Temporal after all: then the
+        # retry is a duplicate. Either way the order has exactly one run.
+        deadline = time.monotonic() + 30
+        while True:
+            response, _ = await deliver(api_url(api), order_paid(order_id))
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+        assert response.status_code in (200, 202), response.text
+        assert response.json()["status"] in ("started", "duplicate")
+        assert len(await runs_of(temporal, order_id)) == 1
+    finally:
+        api.stop()
+
+
+async def test_temporal_refusing_a_run_is_not_an_outage(tmp_path: Path) -> None:
+    """Temporal refuses a start it judges invalid (here: a server whose workflow ids may
+    be 40 bytes at most). Polar must not retry that for half an hour and then disable the
+    endpoint: the answer is a 2xx `refused`, logged and counted, while /readyz stays 200."""
+    temporal = TemporalProcess(tmp_path, "limit.maxIDLength=40").start()
+    api = start_api(temporal, tmp_path)
+    try:
+        order_id = str(uuid.uuid4())  # its workflow id has 50 characters
+        response, _ = await deliver(api_url(api), order_paid(order_id))
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["status"] == "refused"
+        assert "Temporal refused the run" in answer["detail"]
+        assert (await get(f"{api_url(api)}/readyz")).status_code == 200
+        metrics = (await get(f"{api_url(api)}/metrics")).text
+        assert 'polar_credits_webhooks_total{outcome="refused"} 1' in metrics
+        assert f"order {order_id}: refused for good" in api.log()
+        assert await runs_of(temporal, order_id) == []
+    finally:
+        api.stop()
+        temporal.stop()
