@@ -2,32 +2,68 @@
 
 Start it with `python worker.py`; settings come from the environment (see README). Run as
 many as you like against one Temporal cluster: they share one Polar call budget.
+
+Stop it with SIGTERM or SIGINT, at any moment: before Temporal is connected it just exits;
+once polling, it stops polling, cancels the activities still running (Temporal retries them)
+and exits. If Temporal does not let the worker finish within STOP_TIMEOUT_SECONDS, or a
+second signal comes, it exits without waiting. Exit status: 0 after a stop; 1 when Temporal
+cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import signal
-import sys
-from collections.abc import AsyncIterator
 
-from polar.v2026_10 import PolarAsync
-from temporalio.client import Client
-from temporalio.worker import Worker
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_early_stops: list[int] = []  # stop signals that came before the event loop took them over
 
-from activities.budget import TemporalBudget
-from activities.credits import CreditActivities
-from activities.gateway import PolarGateway
-from polar_credits.rules import RulesError, RulesFile, load_rules
-from polar_credits.settings import Settings, SettingsError, load_settings
-from workflows.order_credits import OrderCreditsWorkflow
-from workflows.polar_budget import PolarBudgetWorkflow, budget_task_queue
+
+def _remember_stop(signum: int, frame: object) -> None:
+    _early_stops.append(signum)
+
+
+def _catch_stop_signals() -> None:
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _remember_stop)
+
+
+if __name__ == "__main__":
+    # The imports below take a second or two: a stop meanwhile is remembered, not fatal.
+    _catch_stop_signals()
+
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from polar.v2026_10 import PolarAsync  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from activities.budget import TemporalBudget  # noqa: E402
+from activities.credits import CreditActivities  # noqa: E402
+from activities.gateway import PolarGateway  # noqa: E402
+from polar_credits.logsafe import configure_logging  # noqa: E402
+from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
+from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
+from workflows.order_credits import OrderCreditsWorkflow  # noqa: E402
+from workflows.polar_budget import PolarBudgetWorkflow, budget_task_queue  # noqa: E402
 
 # Activities mostly wait (for a batch, a permit, Polar's recomputation): they are cheap
 # coroutines, and a renewal wave keeps thousands in flight.
 MAX_CONCURRENT_ACTIVITIES = 10_000
+
+# A stop normally takes well under a second, but an unresponsive Temporal can hold the
+# worker's shutdown for minutes. Under `docker stop`'s 10 s and `make run`'s 15 s.
+STOP_TIMEOUT_SECONDS = 8.0
+
+EXIT_STOPPED = 0
+EXIT_FAILED = 1  # Temporal unreachable at start, or the worker failed
+EXIT_BAD_SETTINGS = 2
 
 log = logging.getLogger("polar_credits.worker")
 
@@ -71,54 +107,134 @@ async def build_worker(
         await gateway.close()
 
 
-async def serve(settings: Settings, rules: RulesFile) -> None:
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-    polar = polar_client(settings)
-    worker = build_worker(
-        client,
-        settings.credits_task_queue,
-        polar,
-        rules,
-        per_minute=settings.polar_budget_per_minute,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+def _exit_process(status: int) -> NoReturn:
+    """End the process now, skipping the interpreter's teardown.
+
+    Temporal's Rust core keeps its own threads, and they hand results back to Python
+    (taking the GIL) for a moment after the awaiting code has moved on. One that does so
+    while the interpreter finalizes kills the process with "Fatal Python error:
+    PyGILState_Release" (temporalio/sdk-python#300). Nothing is left to tear down here: the
+    workers are shut down, and the logs are flushed below.
+    """
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM once the event loop runs: the first asks for a stop, and gives the
+    process STOP_TIMEOUT_SECONDS to finish it; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        for sig in _early_stops:  # came before the loop handled signals
+            self._on_signal(sig)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            self._give_up(f"a second {name}")
+        log.info("%s received: stopping", name)
+        self.event.set()
+        # A thread, so the deadline holds whatever the event loop is waiting on.
+        watchdog = threading.Timer(
+            STOP_TIMEOUT_SECONDS, self._give_up, (f"no end after {STOP_TIMEOUT_SECONDS:g} s",)
+        )
+        watchdog.daemon = True
+        watchdog.start()
+
+    @staticmethod
+    def _give_up(why: str) -> NoReturn:
+        log.warning(
+            "exiting without waiting for the worker's shutdown (%s); Temporal retries its "
+            "running activities once their timeouts pass",
+            why,
+        )
+        _exit_process(EXIT_STOPPED)
+
+
+async def serve(settings: Settings, rules: RulesFile) -> int:
+    """Poll until SIGINT or SIGTERM, then stop the workers; returns the exit status."""
+    stop = _StopRequest()
+    if stop.event.is_set():
+        log.info("stopped before Temporal was connected")
+        return EXIT_STOPPED
     log.info(
-        "worker polling task queue %r on %s (namespace %r), Polar at %s, %d rule(s), "
-        "Polar call budget %d/min for all workers",
-        settings.credits_task_queue,
+        "connecting to Temporal at %s (namespace %r)",
         settings.temporal_address,
         settings.temporal_namespace,
-        settings.polar_target,
-        len(rules.rules),
-        settings.polar_budget_per_minute,
     )
-    async with worker:
-        await stop.wait()
-        log.info("stopping: finishing running activities")
+    connecting = asyncio.ensure_future(
+        Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    )
+    stopping = asyncio.ensure_future(stop.event.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stop.event.is_set():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await connecting
+        log.info("stopped before Temporal was connected")
+        return EXIT_STOPPED
+    try:
+        client = connecting.result()
+    except RuntimeError as exc:  # Client.connect reports an unreachable server this way
+        print(
+            f"polar-credits worker: cannot reach Temporal at {settings.temporal_address}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+    async with polar_client(settings) as polar:
+        worker = build_worker(
+            client,
+            settings.credits_task_queue,
+            polar,
+            rules,
+            per_minute=settings.polar_budget_per_minute,
+        )
+        log.info(
+            "worker polling task queue %r on %s (namespace %r), Polar at %s, %d rule(s), "
+            "Polar call budget %d/min for all workers",
+            settings.credits_task_queue,
+            settings.temporal_address,
+            settings.temporal_namespace,
+            settings.polar_target,
+            len(rules.rules),
+            settings.polar_budget_per_minute,
+        )
+        async with worker:
+            await stop.event.wait()
+            log.info("stopping: running activities are cancelled, and Temporal retries them")
+    return EXIT_STOPPED
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def main() -> NoReturn:
+    """Run the worker until it is stopped, then end the process (see `_exit_process`)."""
+    _catch_stop_signals()  # already done when run as a script: covers the imports too
+    configure_logging()
     try:
         settings = load_settings("POLAR_ACCESS_TOKEN", "CREDITS_RULES_FILE")
         assert settings.credits_rules_file is not None
         rules = load_rules(settings.credits_rules_file)
     except (SettingsError, RulesError) as exc:
         print(f"polar-credits worker: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(settings, rules))
-    except RuntimeError as exc:  # Client.connect reports an unreachable server this way
-        print(
-            f"polar-credits worker: cannot reach Temporal at {settings.temporal_address}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+        _exit_process(EXIT_BAD_SETTINGS)
+    with asyncio.Runner() as runner:
+        try:
+            status = runner.run(serve(settings, rules))
+        except Exception:
+            log.exception("the worker failed")
+            status = EXIT_FAILED
+        # Exit before the runner closes its loop: closing it would give SIGINT and SIGTERM
+        # back their default handlers (a traceback, or death by signal) until the end.
+        _exit_process(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
