@@ -333,16 +333,16 @@ async def _start(
             return _refused(
                 request, event_type, facts.order_id, f"Temporal refused the run: {exc.message}"
             )
-        return _unavailable(request, facts, type(exc).__name__)
+        raise _unavailable(request, facts, type(exc).__name__) from None
     except (TimeoutError, RuntimeError) as exc:
         # RuntimeError: the lazy client could not connect at all.
-        return _unavailable(request, facts, type(exc).__name__)
+        raise _unavailable(request, facts, type(exc).__name__) from None
     log.info("order %s: started %s", shown(facts.order_id), shown(workflow_id))
     return _answer(request, answer)
 
 
-def _unavailable(request: Request, facts: OrderFacts, cause: str) -> Response:
+def _unavailable(request: Request, facts: OrderFacts, cause: str) -> HTTPException:
     log.warning(
         "order %s: Temporal unavailable (%s); asking Polar to retry", shown(facts.order_id), cause
     )
-    raise _refuse(request, 503, "temporal_unavailable", "Temporal is unreachable; retry later")
+    return _refuse(request, 503, "temporal_unavailable", "Temporal is unreachable; retry later")

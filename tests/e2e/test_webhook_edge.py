@@ -46,6 +46,11 @@ class Delivery:
     method: str = "POST"
     chunked: bool = False
 
+    def redelivered(self) -> Delivery:
+        """The same body, signed afresh, as Polar signs each attempt."""
+        headers = polar_signed_headers(WEBHOOK_SECRET, self.body)
+        return Delivery(self.body, headers, self.order_id)
+
 
 Build = Callable[["Order"], Delivery]
 
@@ -370,8 +375,7 @@ async def test_webhook_edge(
     assert state.order_id == delivery.order_id
     assert len(grant_events(stack, customer_id)) == 1, "granted exactly once"
     # A second delivery of the same order is a duplicate, whatever its id holds.
-    redelivery = polar_signed_headers(WEBHOOK_SECRET, delivery.body)
-    again = await send(http, url, Delivery(delivery.body, redelivery, delivery.order_id))
+    again = await send(http, url, delivery.redelivered())
     assert again.status_code == 200 and again.json()["status"] == "duplicate", again.text
 
 
@@ -468,13 +472,7 @@ async def test_a_failed_order_runs_again_when_redelivered(
         await asyncio.wait_for(handle.result(), timeout=60)
 
     stack.standin.create_customer(id=ghost)
-    redelivered = await send(
-        http,
-        url,
-        Delivery(
-            delivery.body, polar_signed_headers(WEBHOOK_SECRET, delivery.body), order.data["id"]
-        ),
-    )
+    redelivered = await send(http, url, delivery.redelivered())
     assert redelivered.status_code == 202 and redelivered.json()["status"] == "started"
     rerun = stack.temporal.get_workflow_handle(
         order_workflow_id(order.data["id"]), result_type=OrderCreditsState
@@ -483,13 +481,7 @@ async def test_a_failed_order_runs_again_when_redelivered(
     assert state.status == "verified"
     assert len(grant_events(stack, ghost)) == 1
 
-    once_more = await send(
-        http,
-        url,
-        Delivery(
-            delivery.body, polar_signed_headers(WEBHOOK_SECRET, delivery.body), order.data["id"]
-        ),
-    )
+    once_more = await send(http, url, delivery.redelivered())
     assert once_more.status_code == 200 and once_more.json()["status"] == "duplicate"
     runs = [
         w

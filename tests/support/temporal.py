@@ -10,6 +10,7 @@ from pathlib import Path
 
 from polar_credits.stack import resolve_program, temporal_command, temporal_healthy
 from tests.support.net import free_port
+from tests.support.processes import stop_process
 
 
 class TemporalProcess:
@@ -52,12 +53,6 @@ class TemporalProcess:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+        stop_process(process, timeout=15)
