@@ -117,6 +117,7 @@ class CreditActivities:
             confirmed=outcome.confirmed,
             stored_by=outcome.stored_by.isoformat(),
             batch_events=outcome.batch_events,
+            first_attempt=activity.info().attempt == 1,
         )
 
     @activity.defn(name="verify_grants")

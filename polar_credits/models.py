@@ -38,6 +38,9 @@ class CreditStatus(StrEnum):
     VERIFIED = "verified"
     UNVERIFIED = "unverified"
     FAILED = "failed"
+    # Every grant was already in Polar before this run (another order for the same
+    # subscription period): nothing granted, nothing to verify.
+    ALREADY_GRANTED = "already_granted"
 
 
 class PolarErrorType(StrEnum):
@@ -70,6 +73,10 @@ class OrderFacts:
     seats: int | None = None
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
     created_at: str | None = None
+    # The period a subscription order credits, from its subscription snapshot (UTC, to the
+    # second): the billing period, and Polar's separate meter period when it has one.
+    subscription_period_start: str | None = None
+    subscription_meter_period_start: str | None = None
 
 
 @dataclass
@@ -124,6 +131,12 @@ class IngestResult:
     # at or after it counts them.
     stored_by: str | None = None
     batch_events: int = 0
+    # The first attempt's answer: duplicates then cannot be this run's own earlier call.
+    first_attempt: bool | None = None
+
+    def granted_before(self, grants: int) -> bool:
+        """Polar held every one of the order's events before this run sent them."""
+        return bool(self.first_attempt) and self.inserted == 0 and self.duplicates == grants
 
 
 @dataclass

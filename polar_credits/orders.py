@@ -9,7 +9,7 @@ written into workflow histories.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -37,9 +37,13 @@ Amount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 
 class SubscriptionSnapshot(BaseModel):
+    """The subscription as the order recorded it, when the order was made."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     status: StrictStr | None = None
+    current_period_start: datetime | None = None
+    current_meter_period_start: datetime | None = None
 
 
 class PaidOrder(BaseModel):
@@ -95,6 +99,7 @@ class PaidOrder(BaseModel):
 def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -> OrderFacts:
     """`metadata_keys`: the keys the rules name (`RulesFile.metadata_keys`); no other
     metadata is copied."""
+    snapshot = order.subscription or SubscriptionSnapshot()
     return OrderFacts(
         order_id=order.id,
         customer_id=order.customer_id,
@@ -102,7 +107,7 @@ def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -
         status=order.status,
         product_id=order.product_id,
         subscription_id=order.subscription_id,
-        subscription_status=order.subscription.status if order.subscription else None,
+        subscription_status=snapshot.status,
         currency=order.currency,
         subtotal_amount=order.subtotal_amount,
         discount_amount=order.discount_amount,
@@ -113,7 +118,18 @@ def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -
         seats=order.seats,
         metadata=_allowed_metadata(order.metadata, metadata_keys),
         created_at=order.created_at.isoformat() if order.created_at else None,
+        subscription_period_start=_utc_second(snapshot.current_period_start),
+        subscription_meter_period_start=_utc_second(snapshot.current_meter_period_start),
     )
+
+
+def _utc_second(moment: datetime | None) -> str | None:
+    """One spelling per instant, so the same period always gives the same grant key."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _allowed_metadata(

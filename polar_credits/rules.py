@@ -60,9 +60,14 @@ class Rule(BaseModel):
     # Order metadata this rule requires, key → value (all must be equal). The keys named
     # here are the only metadata that ever enters a workflow history (`metadata_keys`).
     metadata: dict[MetadataKey, StrictStr | StrictInt | StrictBool] | None = None
+    # false: no grant while the order's subscription is `trialing` (usually its $0 first
+    # order), so a trial cannot be used to collect credits.
+    during_trial: StrictBool = True
 
     def matches(self, order: OrderFacts) -> bool:
         if order.billing_reason not in self.billing_reasons:
+            return False
+        if not self.during_trial and order.subscription_status == "trialing":
             return False
         if self.products is not None and order.product_id not in self.products:
             return False
@@ -142,9 +147,28 @@ def _same(actual: object, wanted: str | int | bool) -> bool:
     return type(actual) is type(wanted) and actual == wanted
 
 
-def grant_external_id(order_id: str, rule_id: str) -> str:
+# Orders that credit a subscription period, and the snapshot field that says which period.
+PERIOD_REASONS = {
+    "subscription_create": ("period", "subscription_period_start"),
+    "subscription_cycle": ("period", "subscription_period_start"),
+    "subscription_meter_cycle": ("meter-period", "subscription_meter_period_start"),
+}
+
+
+def grant_key(order: OrderFacts) -> str:
+    """What a grant is keyed on: the subscription period the order credits (so a second
+    order for the same period, a retried invoice or a re-bill, grants nothing), or, for a
+    purchase, a proration, or an order whose snapshot does not say the period, the order."""
+    kind, attribute = PERIOD_REASONS.get(order.billing_reason, (None, None))
+    start = getattr(order, attribute) if attribute else None
+    if kind and start and order.subscription_id:
+        return f"subscription:{order_key(order.subscription_id)}:{kind}:{start}"
+    return f"order:{order_key(order.order_id)}"
+
+
+def grant_external_id(order: OrderFacts, rule_id: str) -> str:
     """Polar's dedupe key for a grant: business keys only, so any retry maps to the same event."""
-    return f"polar-credits:order:{order_key(order_id)}:rule:{rule_id}"
+    return f"polar-credits:{grant_key(order)}:rule:{rule_id}"
 
 
 def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
@@ -168,7 +192,7 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
                 units=rule.units,
                 customer_id=order.customer_id,
                 order_id=order.order_id,
-                external_id=grant_external_id(order.order_id, rule.id),
+                external_id=grant_external_id(order, rule.id),
                 reason=order.billing_reason,
             )
         )

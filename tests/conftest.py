@@ -112,7 +112,15 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
     try:
         process.create_meter(name="API calls", event_name="api_usage", id=METER_ID)
         process.create_product(name="Credit pack", id=CREDIT_PRODUCT_ID)
-        process.create_product(name="Pro monthly", id=SUBSCRIPTION_PRODUCT_ID)
+        # A monthly plan with a metered price on the meter: Polar resets the meter at each
+        # renewal, so the allowance must be granted again every cycle.
+        process.create_product(
+            name="Pro monthly",
+            id=SUBSCRIPTION_PRODUCT_ID,
+            price_amount=2900,
+            recurring_interval="month",
+            metered_meter_ids=[METER_ID],
+        )
         process.create_product(name="T-shirt", id=UNRULED_PRODUCT_ID)
     except Exception:
         process.stop()

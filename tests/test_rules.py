@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from polar_credits.models import OrderFacts
+from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import RulesError, decide_grants, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +199,82 @@ def test_invalid_setting_is_named() -> None:
     done = _run(["-m", "api"], {"POLAR_WEBHOOK_SECRET": "whsec_x", "POLAR_SERVER": "staging"})
     assert done.returncode == 2
     assert "POLAR_SERVER" in done.stderr
+
+
+CYCLE_RULES = METER + """
+[[rules]]
+id = "allowance"
+meter = "api_calls"
+units = 250
+billing_reasons = ["subscription_create", "subscription_cycle", "subscription_meter_cycle"]
+"""
+
+
+def cycle_order(order_id: str, **snapshot: object) -> OrderFacts:
+    """A subscription order as the API reads it from Polar's payload."""
+    return order_facts(
+        PaidOrder.model_validate(
+            {
+                "id": order_id,
+                "customer_id": "cus_1",
+                "status": "paid",
+                "billing_reason": snapshot.pop("billing_reason", "subscription_cycle"),
+                "subscription_id": "sub_1",
+                "subscription": snapshot or None,
+            }
+        )
+    )
+
+
+def test_a_cycle_grant_is_keyed_on_the_subscription_period_not_the_order() -> None:
+    rules = parse_rules(CYCLE_RULES)
+    [first] = decide_grants(
+        rules, cycle_order("ord_1", current_period_start="2026-02-01T00:00:00Z")
+    )
+    # The same instant spelled another way, by another order: the same key.
+    [rebill] = decide_grants(
+        rules, cycle_order("ord_2", current_period_start="2026-02-01T01:00:00+01:00")
+    )
+    [next_period] = decide_grants(
+        rules, cycle_order("ord_3", current_period_start="2026-03-01T00:00:00.000000Z")
+    )
+    assert first.external_id == (
+        "polar-credits:subscription:sub_1:period:2026-02-01T00:00:00Z:rule:allowance"
+    )
+    assert rebill.external_id == first.external_id
+    assert next_period.external_id != first.external_id
+
+
+def test_a_meter_cycle_grant_is_keyed_on_the_meter_period() -> None:
+    rules = parse_rules(CYCLE_RULES)
+    [grant] = decide_grants(
+        rules,
+        cycle_order(
+            "ord_1",
+            billing_reason="subscription_meter_cycle",
+            current_period_start="2026-01-01T00:00:00Z",
+            current_meter_period_start="2026-02-01T00:00:00Z",
+        ),
+    )
+    assert ":meter-period:2026-02-01T00:00:00Z:" in grant.external_id
+
+
+def test_without_the_period_in_the_snapshot_a_grant_is_keyed_on_the_order() -> None:
+    rules = parse_rules(CYCLE_RULES)
+    [grant] = decide_grants(rules, cycle_order("ord_9"))
+    assert grant.external_id == "polar-credits:order:ord_9:rule:allowance"
+
+
+def test_a_rule_may_refuse_trials() -> None:
+    rules = parse_rules(CYCLE_RULES.replace("units = 250", "units = 250\nduring_trial = false"))
+    trial = cycle_order(
+        "ord_1",
+        billing_reason="subscription_create",
+        status="trialing",
+        current_period_start="2026-01-01T00:00:00Z",
+    )
+    assert decide_grants(rules, trial) == []
+    paid = cycle_order("ord_2", status="active", current_period_start="2026-01-15T00:00:00Z")
+    assert len(decide_grants(rules, paid)) == 1
+    # By default a rule grants during a trial too, as before.
+    assert len(decide_grants(parse_rules(CYCLE_RULES), trial)) == 1

@@ -36,6 +36,9 @@ with workflow.unsafe.imports_passed_through():
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.
 GATEWAY_PATCH = "polar-gateway"
+# Runs started from here on end `already_granted`, without verifying, when Polar already
+# held every one of their grants (grants of a subscription period are keyed on the period).
+PERIOD_PATCH = "period-grants"
 
 # Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
 INGEST_RETRY = RetryPolicy(
@@ -108,6 +111,11 @@ class OrderCreditsWorkflow:
             )
         except ActivityError as err:
             self._fail(order, err)
+        if workflow.patched(PERIOD_PATCH) and self._state.ingest.granted_before(len(grants)):
+            # Another order already credited this subscription period (a re-bill, a retried
+            # invoice): Polar kept the first grant, and there is nothing new to verify.
+            self._publish(CreditStatus.ALREADY_GRANTED)
+            return self._state
         self._publish(CreditStatus.GRANTED)  # visible while Polar recomputes the balance
 
         self._state.verifications = await self._verify(input, grants)
@@ -176,7 +184,8 @@ class OrderCreditsWorkflow:
         assert self._state is not None
         self._state.status = status.value
         self._published = status.value
-        units = _units(self._state.grants) if self._state.ingest else 0
+        granted = self._state.ingest and status != CreditStatus.ALREADY_GRANTED
+        units = _units(self._state.grants) if granted else 0
         workflow.upsert_search_attributes(
             [sa.CREDIT_STATUS.value_set(status.value), sa.CREDIT_UNITS.value_set(units)]
         )

@@ -35,11 +35,12 @@ from temporalio.client import WorkflowFailureError
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
+from activities.credits import grant_event
 from api.webhooks import start_attributes
 from polar_credits import search_attributes
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
-from polar_credits.rules import parse_rules
+from polar_credits.rules import decide_grants, parse_rules
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     TEST_RULES,
@@ -67,6 +68,9 @@ class Scenario:
     product_id: str = CREDIT_PRODUCT_ID
     customer_exists: bool = True
     faults: tuple[dict, ...] = ()  # armed before the run, cleared after
+    # Polar holds the order's grants before the run starts (another order for the same
+    # subscription period granted them): the run ends `already_granted` (v3 on).
+    granted_before: bool = False
 
 
 SCENARIOS = {
@@ -88,6 +92,7 @@ SCENARIOS = {
             {"endpoint": "customer_meters.list", "status": 429, "retry_after": 1, "count": 1000},
         ),
     ),
+    "already_granted": Scenario(0, "already_granted", granted_before=True),
     # Production timing: Polar's 15 s recomputation lag, the default policy of the settings.
     "verified_lag15": Scenario(
         15, "verified", VerificationPolicy(timeout_seconds=1800, first_interval_seconds=16)
@@ -115,6 +120,9 @@ async def record(
     for fault in scenario.faults:
         standin.add_fault(**fault)
     polar = PolarAsync(standin.token, base_url=standin.base_url, timeout=5.0)
+    if scenario.granted_before:
+        events = [grant_event(g) for g in decide_grants(RULES, facts)]
+        await polar.events.ingest(events=events)
     queue = f"record-{release}-{uuid.uuid4().hex[:8]}"
     failure = None
     try:

@@ -183,7 +183,9 @@ class StandinProcess:
         price_amount: int = 1900,
         currency: str = "usd",
         recurring_interval: str | None = None,
+        metered_meter_ids: list[str] | None = None,
     ) -> dict:
+        """`metered_meter_ids`: meters a subscription to it resets at every cycle."""
         return self.admin(
             "POST",
             "/admin/products",
@@ -193,6 +195,7 @@ class StandinProcess:
                 "price_amount": price_amount,
                 "currency": currency,
                 "recurring_interval": recurring_interval,
+                "metered_meter_ids": metered_meter_ids or [],
             },
         )
 

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from polar_credits import search_attributes as sa
 from polar_credits.models import (
     Grant,
     IngestGrantsInput,
@@ -53,6 +54,9 @@ class FakePolar:
     grants: list[Grant]
     ingest_failures: list[ApplicationError] = field(default_factory=list)
     verify_outcome: str = "verified"  # or "unverified", or "raise"
+    # Polar's answer for the order's events: (inserted, duplicates, first attempt); None:
+    # all inserted, on the first attempt.
+    ingest_answer: tuple[int | None, int | None, bool] | None = None
     ingested: list[IngestGrantsInput] = field(default_factory=list)
     verify_inputs: list[VerifyGrantsInput] = field(default_factory=list)
     ingest_attempts: int = 0
@@ -71,8 +75,14 @@ class FakePolar:
             self.ingested.append(input)
             stored_by = datetime.now(UTC).isoformat()
             n = len(input.grants)
+            inserted, duplicates, first_attempt = self.ingest_answer or (n, 0, True)
             return IngestResult(
-                inserted=n, duplicates=0, confirmed=n, stored_by=stored_by, batch_events=n
+                inserted=inserted,
+                duplicates=duplicates,
+                confirmed=n,
+                stored_by=stored_by,
+                batch_events=n,
+                first_attempt=first_attempt,
             )
 
         @activity.defn(name="verify_grants")
@@ -240,3 +250,29 @@ async def test_verification_never_fails_a_granted_run(
     ) + VERIFY_SLACK
     described = await handle.describe()
     assert described.status is not None and described.status.name == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ((0, 2, True), "already_granted"),  # another order granted this period first
+        ((0, 2, False), "verified"),  # a retry after a lost answer: this run's own grant
+        ((None, None, True), "verified"),  # counts shared with other orders: cannot tell
+        ((1, 1, True), "verified"),  # one grant new (say, a rule added since)
+    ],
+)
+async def test_grants_polar_already_held_end_the_run_without_verifying(
+    skipping_env: WorkflowEnvironment, answer: tuple, status: str
+) -> None:
+    order_id = uuid.uuid4().hex
+    fake = FakePolar(
+        grants=[grant(order_id), grant(order_id, "launch-promo", 5)], ingest_answer=answer
+    )
+    handle, state = await run(skipping_env, fake, order_input(order_id))
+    assert isinstance(state, OrderCreditsState)
+    assert state.status == status
+    assert fake.verify_attempts == (0 if status == "already_granted" else 1)
+    described = await handle.describe()
+    attributes = described.typed_search_attributes
+    assert attributes.get(sa.CREDIT_STATUS) == status
+    assert attributes.get(sa.CREDIT_UNITS) == (0 if status == "already_granted" else 15)

@@ -20,6 +20,7 @@ def test_histories_of_each_release_are_recorded() -> None:
     names = [path.name for path in HISTORIES]
     assert any(n.startswith("order_credits_v1_") for n in names)
     assert any(n.startswith("order_credits_v2_") for n in names)
+    assert any(n.startswith("order_credits_v3_") for n in names)
 
 
 @pytest.fixture
