@@ -69,7 +69,7 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui_html(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
+        root = _root(request)
         return get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
@@ -80,7 +80,7 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc_html(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
+        root = _root(request)
         return get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
@@ -88,3 +88,8 @@ def _serve_docs_offline(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+
+
+def _root(request: Request) -> str:
+    """Where the app is mounted, so the docs' links work behind a path prefix."""
+    return request.scope.get("root_path", "").rstrip("/")

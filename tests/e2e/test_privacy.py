@@ -5,7 +5,6 @@ workflow history holds any of it."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import uuid
@@ -15,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CREDIT_PRODUCT_ID, WEBHOOK_SECRET, Stack
-from tests.e2e.test_pipeline import grant_events, order_paid_body
-from tests.support.signing import polar_signed_headers
+from tests.conftest import CREDIT_PRODUCT_ID, Stack
+from tests.e2e.test_pipeline import grant_events, order_paid_body, post_signed
+from tests.histories.record import history_texts
 from workflows.order_credits import order_workflow_id
 
 EMAIL, NAME = "victim@example.com", "Victim Person"
@@ -43,12 +42,7 @@ def with_personal_data(value: Any, key: str = "") -> Any:
 
 
 async def deliver(http: httpx.AsyncClient, stack: Stack, payload: dict) -> httpx.Response:
-    body = json.dumps(payload).encode()
-    return await http.post(
-        f"{stack.api_url}/webhooks/polar",
-        content=body,
-        headers=polar_signed_headers(WEBHOOK_SECRET, body),
-    )
+    return await post_signed(stack, http, json.dumps(payload).encode())
 
 
 async def test_no_personal_data_reaches_logs_or_histories(
@@ -95,29 +89,9 @@ async def test_no_personal_data_reaches_logs_or_histories(
         histories.append(history.to_json())
     assert histories, "the run's history is among those scanned"
     # Histories hold payloads base64-encoded in JSON form; decode what they carry.
-    decoded = "\n".join(histories) + "\n" + "\n".join(_payload_texts(histories))
+    decoded = "\n".join(t for h in histories for t in history_texts(json.loads(h)))
     assert "launch" in decoded, "the scan reads the payloads (the allowed key is there)"
     logs = stack.api.log() + "\n" + caplog.text
     for personal in PERSONAL:
         assert personal not in decoded, f"{personal!r} in a workflow history"
         assert personal not in logs, f"{personal!r} in a log"
-
-
-def _payload_texts(histories: list[str]) -> list[str]:
-    texts: list[str] = []
-    for history in histories:
-        _collect(json.loads(history), texts)
-    return texts
-
-
-def _collect(node: Any, texts: list[str]) -> None:
-    """Every Temporal payload (`{"metadata": ..., "data": <base64>}`) decoded."""
-    if isinstance(node, dict):
-        data = node.get("data")
-        if isinstance(data, str) and "metadata" in node:
-            texts.append(base64.b64decode(data).decode(errors="replace"))
-        for value in node.values():
-            _collect(value, texts)
-    elif isinstance(node, list):
-        for item in node:
-            _collect(item, texts)

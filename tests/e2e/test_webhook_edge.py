@@ -310,11 +310,14 @@ async def send(http: httpx.AsyncClient, url: str, delivery: Delivery) -> httpx.R
     return await http.post(url, content=delivery.body, headers=delivery.headers)
 
 
+def metric(metrics_text: str, sample: str) -> int:
+    """The value of one Prometheus sample (`name{label="value"}`), 0 when absent."""
+    line = next((x for x in metrics_text.splitlines() if x.startswith(sample + " ")), None)
+    return int(line.rsplit(" ", 1)[1]) if line else 0
+
+
 def counter(metrics_text: str, outcome: str) -> int:
-    match = re.search(
-        rf'^polar_credits_webhooks_total{{outcome="{outcome}"}} (\d+)$', metrics_text, re.M
-    )
-    return int(match.group(1)) if match else 0
+    return metric(metrics_text, f'polar_credits_webhooks_total{{outcome="{outcome}"}}')
 
 
 async def ingest_calls(stack: Stack) -> int:
@@ -383,11 +386,10 @@ async def test_unknown_values_are_counted_and_logged_for_operators(
     stack: Stack, http: httpx.AsyncClient, template: dict[str, Any]
 ) -> None:
     order = Order(stack.standin.create_customer()["id"], template)
-    metric = 'polar_credits_webhook_unknown_values_total{field="billing_reason"}'
+    sample = 'polar_credits_webhook_unknown_values_total{field="billing_reason"}'
 
     def unknown_count(text: str) -> int:
-        line = next((x for x in text.splitlines() if x.startswith(metric + " ")), None)
-        return int(line.rsplit(" ", 1)[1]) if line else 0
+        return metric(text, sample)
 
     before = unknown_count((await http.get(f"{stack.api_url}/metrics")).text)
     response = await send(

@@ -171,12 +171,12 @@ async def record(
     }
 
 
-def _texts(node: object, key: str = "") -> list[str]:
+def history_texts(node: object, key: str = "") -> list[str]:
     """Every string in a history's JSON, with each payload's base64 `data` decoded too."""
     if isinstance(node, dict):
-        return [t for k, v in node.items() for t in _texts(v, k)]
+        return [t for k, v in node.items() for t in history_texts(v, k)]
     if isinstance(node, list):
-        return [t for v in node for t in _texts(v, key)]
+        return [t for v in node for t in history_texts(v, key)]
     if not isinstance(node, str):
         return []
     if key == "data":
@@ -192,7 +192,7 @@ def privacy_leaks(paths: list[Path], secrets: list[str]) -> list[str]:
     words = re.compile(r"whsec_|polar_(oat|pat|standin)_|secret|password|bearer", re.IGNORECASE)
     found = []
     for path in paths:
-        for text in _texts(json.loads(path.read_text())):
+        for text in history_texts(json.loads(path.read_text())):
             hits = email.findall(text) + [m.group() for m in words.finditer(text)]
             hits += [s for s in secrets if s.lower() in text.lower()]
             found += [f"{path.name}: {hit!r}" for hit in hits]
