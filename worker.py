@@ -44,6 +44,7 @@ from polar.v2026_10 import PolarAsync  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from activities.allowance import AllowanceActivities  # noqa: E402
 from activities.budget import TemporalBudget  # noqa: E402
 from activities.credits import CreditActivities  # noqa: E402
 from activities.gateway import PolarGateway  # noqa: E402
@@ -52,6 +53,7 @@ from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
 from workflows.order_credits import OrderCreditsWorkflow  # noqa: E402
 from workflows.polar_budget import PolarBudgetWorkflow, budget_task_queue  # noqa: E402
+from workflows.subscription_allowance import SubscriptionAllowanceWorkflow  # noqa: E402
 
 # Activities mostly wait (for a batch, a permit, Polar's recomputation): they are cheap
 # coroutines, and a renewal wave keeps thousands in flight.
@@ -93,8 +95,11 @@ async def build_worker(
     orders = Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderCreditsWorkflow],
-        activities=CreditActivities(gateway, rules).all(),
+        workflows=[OrderCreditsWorkflow, SubscriptionAllowanceWorkflow],
+        activities=[
+            *CreditActivities(gateway, rules).all(),
+            *AllowanceActivities(gateway, rules).all(),
+        ],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
     budget = Worker(

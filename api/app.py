@@ -22,11 +22,13 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     """`temporal` may be given by tests; otherwise a lazy client connects on first use, so
     the API starts (and answers 503) while Temporal is still coming up.
 
-    Reads the rules file (CREDITS_RULES_FILE, the worker's) only for the order metadata keys
-    its rules name: no other metadata is copied into a workflow. Raises RulesError."""
+    Reads the rules file (CREDITS_RULES_FILE, the worker's) for the metadata keys its rules
+    name (no other metadata is copied into a workflow) and for the products whose
+    subscriptions have an allowance run (rules with `every`). Raises RulesError."""
     assert settings.polar_webhook_secret is not None
     rules_file = settings.credits_rules_file
-    metadata_keys = load_rules(rules_file).metadata_keys() if rules_file else frozenset()
+    rules = load_rules(rules_file) if rules_file else None
+    metadata_keys = rules.metadata_keys() if rules else frozenset()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +47,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metadata_keys = metadata_keys
+    app.state.rules = rules
     app.state.metrics = Metrics()
     app.state.webhook_verifier = webhooks.polar_verifier(
         settings.polar_webhook_secret.get_secret_value()

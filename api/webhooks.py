@@ -28,13 +28,25 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.allowances import AllowanceUnavailable, steer_allowance, wants_allowance
 from api.dependencies import SettingsDep, TemporalDep
 from api.metrics import UNKNOWN_VALUES, WEBHOOKS, Metrics
 from api.payloads import BadPayload, parse_json
 from polar_credits import search_attributes as sa
 from polar_credits.logsafe import shown
-from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
-from polar_credits.orders import PaidOrder, order_facts
+from polar_credits.models import (
+    OrderCreditsInput,
+    OrderFacts,
+    SubscriptionObservation,
+    VerificationPolicy,
+)
+from polar_credits.orders import (
+    PaidOrder,
+    PolarSubscription,
+    SubscriptionSnapshot,
+    order_facts,
+    subscription_facts,
+)
 from polar_credits.settings import Settings
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
@@ -49,10 +61,12 @@ SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 class WebhookAnswer(BaseModel):
-    status: Literal["started", "duplicate", "ignored", "refused"]
+    status: Literal["started", "duplicate", "ignored", "refused", "signalled"]
     event_type: str
     workflow_id: str | None = None
     ui_url: str | None = None
+    # The subscription's allowance run this delivery reached (rules with `every`).
+    allowance_workflow_id: str | None = None
     detail: str | None = None
 
 
@@ -69,6 +83,13 @@ class PolarEvent(BaseModel):
     data: PaidOrder
 
 
+class PolarSubscriptionEvent(BaseModel):
+    """A `subscription.*` webhook: it steers the subscription's allowance run."""
+
+    type: str
+    data: PolarSubscription
+
+
 def polar_verifier(secret: str) -> Webhook:
     """Polar signs with the raw bytes of the whole secret string, `whsec_` prefix included."""
     return Webhook(base64.b64encode(secret.encode()).decode())
@@ -82,11 +103,18 @@ def workflow_ui_url(settings: Settings, workflow_id: str) -> str:
 
 
 def start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
-    """Set at start so an operator finds the run in the UI before its first task runs."""
+    """Set at start so an operator finds the run in the UI before its first task runs (a
+    subscription's order runs also by the subscription)."""
     pairs = [SearchAttributePair(sa.CREDIT_STATUS, "pending")]
     pairs += [
         SearchAttributePair(key, value)
         for key, value in sa.identity_values(facts.order_id, facts.customer_id, facts.product_id)
+    ]
+    subscription = sa.subscription_values(facts.subscription_id, facts.customer_id, None)
+    pairs += [
+        SearchAttributePair(key, value)
+        for key, value in subscription
+        if key == sa.POLAR_SUBSCRIPTION_ID
     ]
     return pairs
 
@@ -134,9 +162,9 @@ def _verify(request: Request, body: bytes) -> None:
         ) from None
 
 
-def _parse_order(request: Request, payload: Any) -> PolarEvent:
+def _parse(request: Request, payload: Any, model: type[BaseModel], what: str) -> Any:
     try:
-        return PolarEvent.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -144,7 +172,7 @@ def _parse_order(request: Request, payload: Any) -> PolarEvent:
             request,
             400,
             "bad_request",
-            f"Payload does not fit Polar's order.paid: {where}: {first['msg']}",
+            f"Payload does not fit Polar's {what}: {where}: {first['msg']}",
         ) from None
 
 
@@ -252,10 +280,13 @@ async def polar_webhook(
     event_type = payload.get("type") if isinstance(payload, dict) else None
     if not isinstance(event_type, str):
         raise _refuse(request, 400, "bad_request", "Payload has no event type")
+    rules = request.app.state.rules
+    if event_type.startswith("subscription.") and rules is not None and rules.has_cadence_rules():
+        return await _steer(request, settings, temporal, event_type, payload)
     if event_type not in HANDLED_EVENTS:
         return _answer(request, WebhookAnswer(status="ignored", event_type=event_type))
 
-    order = _parse_order(request, payload).data
+    order = _parse(request, payload, PolarEvent, "order.paid").data
     unknown = order.unknown_values()
     if unknown:
         for field in unknown:
@@ -279,20 +310,83 @@ async def polar_webhook(
     refusal = order.refusal(metadata_keys)
     if refusal:
         return _refused(request, event_type, order.id, refusal)
-    return await _start(request, settings, temporal, event_type, order_facts(order, metadata_keys))
+    facts = order_facts(order, metadata_keys)
+    answer = await _start(request, settings, temporal, event_type, facts)
+    if (
+        answer.status != "refused"
+        and order.subscription_id
+        and wants_allowance(rules, order.product_id)
+    ):
+        # The paid order tells the subscription's allowance run that it is paid for (and
+        # starts it, the first time).
+        snapshot = order.subscription or SubscriptionSnapshot()
+        observation = SubscriptionObservation(
+            facts=subscription_facts(snapshot, metadata_keys, order),
+            paid_order_id=order.id,
+            event_type=event_type,
+        )
+        answer.allowance_workflow_id = await _deliver(request, settings, temporal, observation)
+    return _answer(request, answer, status_code=202 if answer.status == "started" else 200)
+
+
+async def _steer(
+    request: Request, settings: Settings, temporal: Any, event_type: str, payload: Any
+) -> Response:
+    subscription = _parse(request, payload, PolarSubscriptionEvent, event_type).data
+    refusal = subscription.refusal()
+    if refusal:
+        return _refused(request, event_type, subscription.id, refusal)
+    observation = SubscriptionObservation(
+        facts=subscription_facts(subscription, request.app.state.metadata_keys),
+        event_type=event_type,
+    )
+    workflow_id = await _deliver(request, settings, temporal, observation)
+    if workflow_id is None:
+        return _answer(request, WebhookAnswer(status="ignored", event_type=event_type))
+    answer = WebhookAnswer(
+        status="signalled",
+        event_type=event_type,
+        workflow_id=workflow_id,
+        ui_url=workflow_ui_url(settings, workflow_id),
+        allowance_workflow_id=workflow_id,
+    )
+    return _answer(request, answer)
+
+
+async def _deliver(
+    request: Request, settings: Settings, temporal: Any, observation: SubscriptionObservation
+) -> str | None:
+    try:
+        return await steer_allowance(settings, temporal, request.app.state.rules, observation)
+    except AllowanceUnavailable as exc:
+        subscription_id = observation.facts.subscription_id
+        log.warning(
+            "subscription %s: Temporal unavailable (%s); asking Polar to retry",
+            shown(subscription_id),
+            exc,
+        )
+        raise _refuse(
+            request, 503, "temporal_unavailable", "Temporal is unreachable; retry later"
+        ) from None
 
 
 def _refused(request: Request, event_type: str, order_id: str, reason: str) -> JSONResponse:
-    log.warning("order %s: refused for good, %s; nothing started", shown(order_id), reason)
-    answer = WebhookAnswer(
+    return _answer(request, _refusal(event_type, order_id, reason), status_code=200)
+
+
+def _refusal(event_type: str, resource_id: str, reason: str) -> WebhookAnswer:
+    what = "subscription" if event_type.startswith("subscription.") else "order"
+    log.warning("%s %s: refused for good, %s; nothing started", what, shown(resource_id), reason)
+    return WebhookAnswer(
         status="refused", event_type=event_type, detail=f"{reason}; nothing started"
     )
-    return _answer(request, answer, status_code=200)
 
 
 async def _start(
     request: Request, settings: Settings, temporal: Any, event_type: str, facts: OrderFacts
-) -> Response:
+) -> WebhookAnswer:
+    """Start the order's run; the answer says `started` or `duplicate` (Temporal refused a
+    second run). Raises the 503 when Temporal is unavailable."""
     workflow_id = order_workflow_id(facts.order_id)
     answer = WebhookAnswer(
         status="started",
@@ -327,18 +421,16 @@ async def _start(
             shown(workflow_id),
         )
         answer.status = "duplicate"
-        return _answer(request, answer, status_code=200)
+        return answer
     except RPCError as exc:
         if exc.status in PERMANENT_START_ERRORS:
-            return _refused(
-                request, event_type, facts.order_id, f"Temporal refused the run: {exc.message}"
-            )
+            return _refusal(event_type, facts.order_id, f"Temporal refused the run: {exc.message}")
         raise _unavailable(request, facts, type(exc).__name__) from None
     except (TimeoutError, RuntimeError) as exc:
         # RuntimeError: the lazy client could not connect at all.
         raise _unavailable(request, facts, type(exc).__name__) from None
     log.info("order %s: started %s", shown(facts.order_id), shown(workflow_id))
-    return _answer(request, answer)
+    return answer
 
 
 def _unavailable(request: Request, facts: OrderFacts, cause: str) -> HTTPException:

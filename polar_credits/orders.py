@@ -15,7 +15,7 @@ from typing import Annotated, Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from polar_credits.logsafe import shown
-from polar_credits.models import MetadataValue, OrderFacts
+from polar_credits.models import MetadataValue, OrderFacts, SubscriptionFacts
 from polar_credits.rules import BillingReason
 
 # Order statuses and billing reasons this release knows (POLAR_FACTS.md, "Orders and
@@ -37,13 +37,40 @@ Amount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 
 class SubscriptionSnapshot(BaseModel):
-    """The subscription as the order recorded it, when the order was made."""
+    """The subscription as the order recorded it when the order was made, or as a
+    `subscription.*` webhook shows it now (`PolarSubscription`)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    id: StrictStr | None = Field(default=None, min_length=1)
     status: StrictStr | None = None
+    customer_id: StrictStr | None = None
+    product_id: StrictStr | None = None
+    modified_at: datetime | None = None
+    started_at: datetime | None = None
     current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
     current_meter_period_start: datetime | None = None
+    cancel_at_period_end: bool = False
+    ends_at: datetime | None = None
+    ended_at: datetime | None = None
+    seats: Amount | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class PolarSubscription(SubscriptionSnapshot):
+    """The data of a `subscription.*` webhook: Polar's subscription, the fields read."""
+
+    id: StrictStr = Field(min_length=1)
+    status: StrictStr
+    customer_id: StrictStr = Field(min_length=1)
+
+    def refusal(self) -> str | None:
+        for name in ("id", "customer_id", "product_id"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_REFERENCE_ID_CHARS:
+                return f"subscription {name} is longer than {MAX_REFERENCE_ID_CHARS} characters"
+        return None
 
 
 class PaidOrder(BaseModel):
@@ -123,13 +150,43 @@ def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -
     )
 
 
+def subscription_facts(
+    snapshot: SubscriptionSnapshot,
+    metadata_keys: frozenset[str] = frozenset(),
+    order: PaidOrder | None = None,
+) -> SubscriptionFacts:
+    """The facts an allowance run decides from; an order's snapshot lacks some of the
+    subscription's ids, which the order itself gives."""
+    subscription_id = snapshot.id or (order.subscription_id if order else None)
+    customer_id = snapshot.customer_id or (order.customer_id if order else None)
+    assert subscription_id and customer_id
+    return SubscriptionFacts(
+        subscription_id=subscription_id,
+        customer_id=customer_id,
+        product_id=snapshot.product_id or (order.product_id if order else None),
+        status=snapshot.status or "active",
+        # To the microsecond: two changes within one second must still be ordered.
+        modified_at=_utc(snapshot.modified_at).isoformat() if snapshot.modified_at else None,
+        started_at=_utc_second(snapshot.started_at),
+        current_period_start=_utc_second(snapshot.current_period_start),
+        current_period_end=_utc_second(snapshot.current_period_end),
+        cancel_at_period_end=snapshot.cancel_at_period_end,
+        ends_at=_utc_second(snapshot.ends_at),
+        ended_at=_utc_second(snapshot.ended_at),
+        seats=snapshot.seats if snapshot.seats is not None else (order.seats if order else None),
+        metadata=_allowed_metadata(snapshot.metadata, metadata_keys),
+    )
+
+
 def _utc_second(moment: datetime | None) -> str | None:
     """One spelling per instant, so the same period always gives the same grant key."""
     if moment is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(moment: datetime) -> datetime:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _allowed_metadata(

@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from polar_credits.models import Grant, OrderFacts, order_key
+from polar_credits.cadence import parse_cadence
+from polar_credits.models import AllowanceRule, Grant, OrderFacts, SubscriptionFacts, order_key
 
 BillingReason = Literal[
     "purchase",
@@ -54,7 +55,10 @@ class Rule(BaseModel):
 
     id: str = Field(min_length=1, max_length=100)
     meter: str
-    units: StrictInt = Field(gt=0)
+    # How much: exactly one of these three.
+    units: StrictInt | None = Field(default=None, gt=0)
+    units_per_seat: StrictInt | None = Field(default=None, gt=0)  # × the seats bought
+    top_up_to: StrictInt | None = Field(default=None, gt=0)  # cadence rules only
     products: list[str] | None = None
     billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
     # Order metadata this rule requires, key → value (all must be equal). The keys named
@@ -63,8 +67,42 @@ class Rule(BaseModel):
     # false: no grant while the order's subscription is `trialing` (usually its $0 first
     # order), so a trial cannot be used to collect credits.
     during_trial: StrictBool = True
+    # A cadence ("1 month", "2 weeks"): the rule grants on its own timer to every subscription
+    # of its products, not on orders (README, "Allowances on their own cadence").
+    every: str | None = None
+    rollover_cap: StrictInt | None = Field(default=None, ge=0)  # cadence rules only
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> Rule:
+        amounts = [n for n in ("units", "units_per_seat", "top_up_to") if getattr(self, n)]
+        if len(amounts) != 1:
+            raise ValueError(
+                "give exactly one of units, units_per_seat or top_up_to"
+                + (f" (found {', '.join(amounts)})" if amounts else "")
+            )
+        if self.every is None:
+            for name in ("top_up_to", "rollover_cap"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f'{name} needs a cadence: add every = "1 month"')
+            return self
+        parse_cadence(self.every)
+        if "billing_reasons" in self.model_fields_set:
+            raise ValueError(
+                "a rule with every grants on its own timer, not on orders: remove billing_reasons"
+            )
+        if self.top_up_to is not None and self.rollover_cap is not None:
+            raise ValueError("top_up_to already caps the balance: remove rollover_cap")
+        return self
+
+    def amount(self, seats: int | None) -> int | None:
+        """Fixed units, or units per seat (a purchase without seats counts as one seat)."""
+        if self.units_per_seat is not None:
+            return self.units_per_seat * max(seats or 1, 1)
+        return self.units
 
     def matches(self, order: OrderFacts) -> bool:
+        if self.every is not None:
+            return False  # granted by the subscription's allowance run instead
         if order.billing_reason not in self.billing_reasons:
             return False
         if not self.during_trial and order.subscription_status == "trialing":
@@ -86,6 +124,17 @@ class RulesFile(BaseModel):
         """The order metadata a decision can use: the allow-list of what the API copies into
         a workflow's input. Everything else in an order's metadata stays out of histories."""
         return frozenset(key for rule in self.rules for key in (rule.metadata or {}))
+
+    def has_cadence_rules(self) -> bool:
+        return any(rule.every is not None for rule in self.rules)
+
+    def cadence_product(self, product_id: str | None) -> bool:
+        """Whether a subscription to this product has an allowance run: a cadence rule
+        names the product, or names no products at all."""
+        return any(
+            rule.every is not None and (rule.products is None or product_id in rule.products)
+            for rule in self.rules
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> RulesFile:
@@ -189,7 +238,7 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
                 meter_id=meter.id,
                 event_name=meter.event_name,
                 property=meter.property,
-                units=rule.units,
+                units=rule.amount(order.seats),
                 customer_id=order.customer_id,
                 order_id=order.order_id,
                 external_id=grant_external_id(order, rule.id),
@@ -197,3 +246,43 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
             )
         )
     return grants
+
+
+def allowance_external_id(subscription_id: str, rule_id: str, period_start: str) -> str:
+    """Polar's dedupe key for one allowance period: a second run for the subscription, a
+    reset of its run or a worker crash maps to the same event."""
+    return (
+        f"polar-credits:subscription:{order_key(subscription_id)}:allowance:{rule_id}"
+        f":period:{period_start}"
+    )
+
+
+def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[AllowanceRule]:
+    """The cadence rules that apply to the subscription as it is now (its product, seats,
+    metadata and trial state)."""
+    decided = []
+    for rule in rules.rules:
+        if rule.every is None:
+            continue
+        if rule.products is not None and facts.product_id not in rule.products:
+            continue
+        if not rule.during_trial and facts.status == "trialing":
+            continue
+        wanted = (rule.metadata or {}).items()
+        if not all(_same(facts.metadata.get(key), value) for key, value in wanted):
+            continue
+        meter = rules.meters[rule.meter]
+        decided.append(
+            AllowanceRule(
+                rule_id=rule.id,
+                every=str(parse_cadence(rule.every)),
+                meter=rule.meter,
+                meter_id=meter.id,
+                event_name=meter.event_name,
+                property=meter.property,
+                units=rule.amount(facts.seats),
+                top_up_to=rule.top_up_to,
+                rollover_cap=rule.rollover_cap,
+            )
+        )
+    return decided

@@ -1,14 +1,23 @@
-"""The search attributes every order run carries, so operators find grants in the Temporal UI."""
+"""The search attributes every crediting run carries: operators find grants in the Temporal UI."""
 
 from temporalio.common import SearchAttributeKey
 
 POLAR_ORDER_ID = SearchAttributeKey.for_keyword("PolarOrderId")
 POLAR_CUSTOMER_ID = SearchAttributeKey.for_keyword("PolarCustomerId")
 POLAR_PRODUCT_ID = SearchAttributeKey.for_keyword("PolarProductId")
+# On every subscription-related run (its orders' runs and its allowance run).
+POLAR_SUBSCRIPTION_ID = SearchAttributeKey.for_keyword("PolarSubscriptionId")
 CREDIT_STATUS = SearchAttributeKey.for_keyword("CreditStatus")
 CREDIT_UNITS = SearchAttributeKey.for_int("CreditUnits")
 
-ALL = (POLAR_ORDER_ID, POLAR_CUSTOMER_ID, POLAR_PRODUCT_ID, CREDIT_STATUS, CREDIT_UNITS)
+ALL = (
+    POLAR_ORDER_ID,
+    POLAR_CUSTOMER_ID,
+    POLAR_PRODUCT_ID,
+    POLAR_SUBSCRIPTION_ID,
+    CREDIT_STATUS,
+    CREDIT_UNITS,
+)
 
 
 def dev_server_flags() -> list[str]:
@@ -30,11 +39,29 @@ def identity_values(
     order_id: str, customer_id: str, product_id: str | None
 ) -> list[tuple[SearchAttributeKey[str], str]]:
     """The identity attributes of an order run, each only if present and within the cap."""
-    wanted = [
-        (POLAR_ORDER_ID, order_id),
-        (POLAR_CUSTOMER_ID, customer_id),
-        (POLAR_PRODUCT_ID, product_id),
-    ]
-    return [
-        (key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS
-    ]
+    return _within_cap(
+        [
+            (POLAR_ORDER_ID, order_id),
+            (POLAR_CUSTOMER_ID, customer_id),
+            (POLAR_PRODUCT_ID, product_id),
+        ]
+    )
+
+
+def subscription_values(
+    subscription_id: str | None, customer_id: str, product_id: str | None
+) -> list[tuple[SearchAttributeKey[str], str]]:
+    """The identity attributes of a subscription's allowance run, within the cap."""
+    return _within_cap(
+        [
+            (POLAR_SUBSCRIPTION_ID, subscription_id),
+            (POLAR_CUSTOMER_ID, customer_id),
+            (POLAR_PRODUCT_ID, product_id),
+        ]
+    )
+
+
+def _within_cap(
+    wanted: list[tuple[SearchAttributeKey[str], str | None]],
+) -> list[tuple[SearchAttributeKey[str], str]]:
+    return [(key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS]

@@ -201,13 +201,16 @@ def test_invalid_setting_is_named() -> None:
     assert "POLAR_SERVER" in done.stderr
 
 
-CYCLE_RULES = METER + """
+CYCLE_RULES = (
+    METER
+    + """
 [[rules]]
 id = "allowance"
 meter = "api_calls"
 units = 250
 billing_reasons = ["subscription_create", "subscription_cycle", "subscription_meter_cycle"]
 """
+)
 
 
 def cycle_order(order_id: str, **snapshot: object) -> OrderFacts:

@@ -245,9 +245,10 @@ async def test_verification_never_fails_a_granted_run(
         if event.HasField("activity_task_scheduled_event_attributes")
         and event.activity_task_scheduled_event_attributes.activity_type.name == "verify_grants"
     ]
-    assert scheduled.schedule_to_close_timeout.ToTimedelta() == timedelta(
-        seconds=120 + 16
-    ) + VERIFY_SLACK
+    assert (
+        scheduled.schedule_to_close_timeout.ToTimedelta()
+        == timedelta(seconds=120 + 16) + VERIFY_SLACK
+    )
     described = await handle.describe()
     assert described.status is not None and described.status.name == "COMPLETED"
 

@@ -1,0 +1,129 @@
+"""Activities of the subscription allowance run: which cadence rules apply, and one period's
+grant through the gateway (with the balance read that a capped rule needs).
+
+Only numbers and ids leave these activities: the subscription's customer details never reach
+the workflow history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from temporalio import activity
+
+from activities.credits import _heartbeating
+from activities.gateway import PolarGateway
+from polar_credits.logsafe import shown
+from polar_credits.models import (
+    AllowanceGrant,
+    AllowanceGrantInput,
+    AllowanceRule,
+    AllowanceRulesInput,
+    order_key,
+)
+from polar_credits.rules import RulesFile, allowance_external_id, decide_allowance_rules
+
+
+def allowance_event(input: AllowanceGrantInput, units: int, external_id: str) -> dict:
+    """The negative event that raises the customer's balance by one period's allowance."""
+    rule = input.rule
+    return {
+        "name": rule.event_name,
+        "customer_id": input.customer_id,
+        "external_id": external_id,
+        "metadata": {
+            rule.property: -units,
+            "rule_id": rule.rule_id,
+            "subscription_id": order_key(input.subscription_id),
+            "period_start": input.period_start,
+            "reason": "allowance",
+            "source": "polar-credits",
+        },
+    }
+
+
+def capped_units(
+    rule: AllowanceRule, balance: float, modified_at: datetime | None, recent: list[AllowanceGrant]
+) -> tuple[int, float]:
+    """What a capped rule grants, from a balance Polar may not have recomputed yet.
+
+    The balance counted is Polar's, plus this run's own grants stored after Polar last
+    recomputed it (the read cannot show them yet). Usage not recomputed yet is not counted,
+    which only makes the balance look higher: the grant can come out smaller than it should,
+    never larger. Returns (units to grant, balance counted)."""
+    pending = sum(
+        g.units
+        for g in recent
+        if not g.already_granted
+        and g.stored_by is not None
+        and (modified_at is None or datetime.fromisoformat(g.stored_by) > modified_at)
+    )
+    counted = balance + pending
+    if rule.top_up_to is not None:
+        return max(0, int(rule.top_up_to - counted)), counted
+    assert rule.units is not None and rule.rollover_cap is not None
+    # Unused credit above the cap is not carried: the new period's grant shrinks by it
+    # (credits are never taken away, so a balance far above the cap just gets no grant).
+    excess = max(0.0, counted - rule.rollover_cap)
+    return max(0, int(rule.units - excess)), counted
+
+
+class AllowanceActivities:
+    """Holds the gateway and the rules; the worker registers its bound methods."""
+
+    def __init__(self, gateway: PolarGateway, rules: RulesFile) -> None:
+        self._gateway = gateway
+        self._rules = rules
+
+    @activity.defn(name="allowance_rules")
+    async def allowance_rules(self, input: AllowanceRulesInput) -> list[AllowanceRule]:
+        return decide_allowance_rules(self._rules, input.facts)
+
+    @activity.defn(name="grant_allowance")
+    async def grant_allowance(self, input: AllowanceGrantInput) -> AllowanceGrant:
+        """One period of one rule. Polar dedupes the event by its external id (subscription,
+        rule, period start), so a retry, a second run or a reset grants nothing twice; the
+        first amount Polar stored stands."""
+        rule = input.rule
+        external_id = allowance_external_id(input.subscription_id, rule.rule_id, input.period_start)
+        balance_seen = None
+        if rule.top_up_to is not None or rule.rollover_cap is not None:
+            row = await _heartbeating(
+                self._gateway.customer_meter(input.customer_id, rule.meter_id)
+            )
+            units, balance_seen = capped_units(
+                rule,
+                row.balance if row else 0.0,
+                row.modified_at if row else None,
+                input.recent,
+            )
+        else:
+            units = rule.units or 0
+        grant = AllowanceGrant(
+            rule_id=rule.rule_id,
+            period_start=input.period_start,
+            units=units,
+            external_id=external_id,
+            balance_seen=balance_seen,
+        )
+        if units <= 0:
+            return grant  # the cap is reached: nothing to ingest
+        outcome = await _heartbeating(
+            self._gateway.ingest([allowance_event(input, units, external_id)])
+        )
+        grant.stored_by = outcome.stored_by.isoformat()
+        grant.already_granted = (
+            activity.info().attempt == 1 and outcome.inserted == 0 and outcome.duplicates == 1
+        )
+        activity.logger.info(
+            "allowance %s for subscription %s, period %s: %d unit(s)%s",
+            rule.rule_id,
+            shown(input.subscription_id),
+            input.period_start,
+            units,
+            " (already in Polar)" if grant.already_granted else "",
+        )
+        return grant
+
+    def all(self) -> list:
+        return [self.allowance_rules, self.grant_allowance]

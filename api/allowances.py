@@ -1,0 +1,99 @@
+"""Steering the subscription allowance runs from webhooks: signal-with-start, so a message that
+arrives before its run exists starts it instead of being lost.
+
+Only subscriptions of a product a cadence rule names get a run; for any other product a
+message only reaches a run that already exists (a subscription that moved away from an
+allowance product must learn it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from polar_credits import search_attributes as sa
+from polar_credits.logsafe import shown
+from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
+from polar_credits.rules import RulesFile
+from polar_credits.settings import Settings
+from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
+
+log = logging.getLogger("polar_credits.api")
+
+
+class AllowanceUnavailable(Exception):
+    """Temporal could not take the message: the caller answers 503 so Polar retries."""
+
+
+def wants_allowance(rules: RulesFile | None, product_id: str | None) -> bool:
+    return rules is not None and rules.cadence_product(product_id)
+
+
+async def steer_allowance(
+    settings: Settings,
+    temporal: Any,
+    rules: RulesFile | None,
+    observation: SubscriptionObservation,
+) -> str | None:
+    """Deliver the observation to the subscription's allowance run. Returns the run's id, or
+    None when there is no run and none is wanted. Raises AllowanceUnavailable."""
+    facts = observation.facts
+    workflow_id = allowance_workflow_id(facts.subscription_id)
+    deadline = settings.credits_temporal_start_timeout_seconds
+    try:
+        async with asyncio.timeout(deadline):
+            if wants_allowance(rules, facts.product_id):
+                await temporal.start_workflow(
+                    SubscriptionAllowanceWorkflow.run,
+                    AllowanceState(subscription_id=facts.subscription_id),
+                    id=workflow_id,
+                    task_queue=settings.credits_task_queue,
+                    start_signal="observe",
+                    start_signal_args=[observation],
+                    # An ended run stays ended: a late webhook must not start a new one.
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    search_attributes=TypedSearchAttributes(_start_attributes(observation)),
+                    rpc_timeout=timedelta(seconds=deadline),
+                )
+            else:
+                handle = temporal.get_workflow_handle(workflow_id)
+                await handle.signal(
+                    SubscriptionAllowanceWorkflow.observe,
+                    observation,
+                    rpc_timeout=timedelta(seconds=deadline),
+                )
+    except WorkflowAlreadyStartedError:
+        # The run ended (the subscription ended): nothing more to tell it.
+        log.info("subscription %s: allowance run has ended", shown(facts.subscription_id))
+        return workflow_id
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None  # no run, and this product wants none
+        raise AllowanceUnavailable(type(exc).__name__) from exc
+    except (TimeoutError, RuntimeError) as exc:
+        raise AllowanceUnavailable(type(exc).__name__) from exc
+    log.info(
+        "subscription %s: %s delivered to %s",
+        shown(facts.subscription_id),
+        shown(observation.event_type or "message", 60),
+        shown(workflow_id),
+    )
+    return workflow_id
+
+
+def _start_attributes(observation: SubscriptionObservation) -> list[SearchAttributePair]:
+    facts = observation.facts
+    pairs = [SearchAttributePair(sa.CREDIT_STATUS, AllowanceStatus.WAITING_FOR_PAYMENT.value)]
+    pairs += [
+        SearchAttributePair(key, value)
+        for key, value in sa.subscription_values(
+            facts.subscription_id, facts.customer_id, facts.product_id
+        )
+    ]
+    return pairs

@@ -1,0 +1,380 @@
+"""The per-subscription allowance run: grants on a cadence Polar does not bill (rules with
+`every`, e.g. monthly credits on a yearly plan), steered by the subscription's webhooks.
+
+One run per subscription (its id derived from the subscription id), started or signalled by
+the API with signal-with-start, so a webhook that arrives before the run exists is not lost.
+Every message carries the subscription as Polar showed it; the run keeps the newest by the
+subscription's own `modified_at` (an ended subscription stays ended), so deliveries arriving
+twice, late or out of order change nothing. Grant periods are counted from the subscription's
+start with durable timers; each is keyed in Polar on (subscription, rule, period start), so
+no crash, replay, reset or second run grants a period twice. The run continues as new before
+its history grows large, carrying its state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.allowance import AllowanceActivities
+    from polar_credits import search_attributes as sa
+    from polar_credits.cadence import Cadence, parse_cadence
+    from polar_credits.models import (
+        AllowanceGrant,
+        AllowanceGrantInput,
+        AllowanceRule,
+        AllowanceRulesInput,
+        AllowanceState,
+        AllowanceStatus,
+        SubscriptionFacts,
+        SubscriptionObservation,
+        order_key,
+    )
+    from workflows.order_credits import (
+        ACTIVITY_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        INGEST_RETRY,
+        INGEST_TIMEOUT,
+    )
+
+# Statuses in which a due period is granted; others hold it (past_due, incomplete) or end
+# the run (ENDED_STATUSES). A paused subscription's periods are skipped, not made up.
+GOOD_STANDING = frozenset({"active", "trialing"})
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired", "unpaid"})
+# Continue as new past this many history events (Temporal warns at 10,240 and stops at 51,200);
+# one granted period costs about a dozen.
+HISTORY_LIMIT = 2_000
+# What the state keeps of the past, so it stays small across continue-as-new.
+GRANTS_KEPT = 24
+SKIPS_KEPT = 24
+
+
+def allowance_workflow_id(subscription_id: str) -> str:
+    """One run per subscription: signal-with-start reaches the running one."""
+    return f"subscription-allowance-{order_key(subscription_id)}"
+
+
+@workflow.defn
+class SubscriptionAllowanceWorkflow:
+    def __init__(self) -> None:
+        self._inbox: list[SubscriptionObservation] = []
+        self._state = AllowanceState(subscription_id="")
+        self._rules_stale = True
+        self._decided_at: datetime | None = None
+        self._history_limit = HISTORY_LIMIT
+
+    @workflow.signal
+    def observe(self, observation: SubscriptionObservation) -> None:
+        """A subscription webhook or a paid subscription order, as the API received it."""
+        self._inbox.append(observation)
+
+    @workflow.query
+    def state(self) -> AllowanceState:
+        return self._state
+
+    @workflow.run
+    async def run(self, input: AllowanceState) -> AllowanceState:
+        self._state = input
+        self._history_limit = input.history_limit or HISTORY_LIMIT
+        self._rules_stale = input.facts is not None
+        self._publish()
+        await workflow.wait_condition(lambda: bool(self._inbox) or self._state.facts is not None)
+        while True:
+            if self._should_continue_as_new():
+                self._continue_as_new()
+            self._take_inbox()
+            facts = self._state.facts
+            assert facts is not None
+            if _ended(facts):
+                return self._finish("the subscription ended")
+            now = workflow.now()
+            if self._rules_stale:
+                await self._decide_rules()
+                continue
+            if not self._state.paid:
+                await self._wait(AllowanceStatus.WAITING_FOR_PAYMENT, None)
+                continue
+            if not self._state.begun:
+                self._state.begun = True
+                self._adopt(self._state.rules, at_once=True)
+            rule, index, due = self._next_due()
+            ends = _ends_at(facts)
+            if ends is not None and (due is None or due >= ends):
+                if now >= ends:
+                    return self._finish("the subscription ended at the end of its period")
+                await self._wait(AllowanceStatus.ENDING, ends, grant_at=None)
+                continue
+            if rule is None or due is None:
+                await self._wait(_standing(facts), None)  # no cadence rule applies now
+                continue
+            if due > now:
+                await self._wait(_standing(facts), due, grant_at=due)
+                continue
+            if self._decided_at is None or self._decided_at < due:
+                self._rules_stale = True  # each grant uses the rules as they are when it is due
+                continue
+            await self._settle(rule, index, due, now)
+
+    # -- one due period -------------------------------------------------------------------
+
+    async def _settle(self, rule: AllowanceRule, index: int, due: datetime, now: datetime) -> None:
+        facts = self._state.facts
+        assert facts is not None and self._state.anchor is not None
+        cadence = parse_cadence(rule.every)
+        anchor = _time(self._state.anchor)
+        period = _stamp(due)
+        if cadence.start(anchor, index + 1) <= now:
+            self._skip(rule, index, period, "its period passed while the grant was held")
+            return
+        if facts.status == "paused":
+            self._skip(rule, index, period, "the subscription was paused")
+            return
+        if facts.status not in GOOD_STANDING:
+            await self._wait(AllowanceStatus.HELD, None, f"the subscription is {facts.status}")
+            return
+        paid_through = self._state.paid_through
+        if paid_through is not None and due >= _time(paid_through):
+            await self._wait(
+                AllowanceStatus.HELD,
+                None,
+                f"the period from {paid_through} is not paid yet",
+            )
+            return
+        await self._grant(rule, index, period)
+
+    async def _grant(self, rule: AllowanceRule, index: int, period: str) -> None:
+        state = self._state
+        assert state.facts is not None
+        recent = [g for g in state.grants if _meter_of(state, g.rule_id) == rule.meter_id]
+        try:
+            grant: AllowanceGrant = await workflow.execute_activity_method(
+                AllowanceActivities.grant_allowance,
+                AllowanceGrantInput(
+                    subscription_id=state.subscription_id,
+                    customer_id=state.facts.customer_id,
+                    rule=rule,
+                    period_start=period,
+                    recent=recent,
+                ),
+                start_to_close_timeout=INGEST_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=INGEST_RETRY,
+            )
+        except ActivityError as err:
+            # Polar refused the event for good (a 422): this period is lost, visibly; the
+            # next one is tried as usual.
+            reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+            self._skip(rule, index, period, f"Polar rejected the grant: {reason}")
+            workflow.logger.warning(
+                "allowance %s, period %s rejected: %s", rule.rule_id, period, reason
+            )
+            return
+        state.next_period[rule.rule_id] = index + 1
+        state.grants = (state.grants + [grant])[-GRANTS_KEPT:]
+        state.grants_total += 1
+        if not grant.already_granted:
+            state.units_total += grant.units
+        self._publish()
+
+    def _skip(self, rule: AllowanceRule, index: int, period: str, why: str) -> None:
+        self._state.next_period[rule.rule_id] = index + 1
+        self._state.skipped = (self._state.skipped + [f"{rule.rule_id}@{period}: {why}"])[
+            -SKIPS_KEPT:
+        ]
+
+    # -- rules and periods ----------------------------------------------------------------
+
+    async def _decide_rules(self) -> None:
+        assert self._state.facts is not None
+        rules: list[AllowanceRule] = await workflow.execute_local_activity_method(
+            AllowanceActivities.allowance_rules,
+            AllowanceRulesInput(facts=self._state.facts),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+        )
+        self._rules_stale = False
+        self._decided_at = workflow.now()
+        trialing = self._state.facts.status == "trialing"
+        if self._state.begun:
+            # A rule that applies once a trial converts grants its period at once; one that
+            # applies after a product change waits for the next period.
+            self._adopt(rules, at_once=self._state.decided_trialing and not trialing)
+        self._state.decided_trialing = trialing
+        self._state.rules = rules
+
+    def _adopt(self, rules: list[AllowanceRule], at_once: bool) -> None:
+        """Rules that apply from now: at first, the period holding now is granted at once;
+        a rule that starts to apply later (a product change) begins with the next period."""
+        assert self._state.anchor is not None
+        anchor = _time(self._state.anchor)
+        now = workflow.now()
+        kept = {}
+        for rule in rules:
+            if rule.rule_id in self._state.next_period:
+                kept[rule.rule_id] = self._state.next_period[rule.rule_id]
+                continue
+            cadence = parse_cadence(rule.every)
+            index = cadence.index_at(anchor, now)
+            if not at_once and cadence.start(anchor, index) < now:
+                index += 1
+            kept[rule.rule_id] = index
+        self._state.next_period = kept
+
+    def _next_due(self) -> tuple[AllowanceRule | None, int, datetime | None]:
+        assert self._state.anchor is not None
+        anchor = _time(self._state.anchor)
+        best: tuple[AllowanceRule | None, int, datetime | None] = (None, 0, None)
+        for rule in self._state.rules:
+            index = self._state.next_period.get(rule.rule_id)
+            if index is None:
+                continue
+            start = _cadence(rule).start(anchor, index)
+            if best[2] is None or start < best[2]:
+                best = (rule, index, start)
+        return best
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _take_inbox(self) -> None:
+        """Fold the messages in: the newest snapshot wins by Polar's own `modified_at`, an
+        ended subscription stays ended, and a paid order is remembered whatever its age."""
+        state = self._state
+        while self._inbox:
+            observation = self._inbox.pop(0)
+            facts = observation.facts
+            if not state.subscription_id:
+                state.subscription_id = facts.subscription_id
+            if observation.paid_order_id is not None:
+                state.paid = True
+                end = facts.current_period_end
+                if end is not None and (state.paid_through is None or end > state.paid_through):
+                    state.paid_through = end
+            if state.anchor is None:
+                state.anchor = facts.started_at or facts.current_period_start
+            current = state.facts
+            if current is not None and not _newer(facts, current):
+                continue
+            if current is None or _decision_fields(facts) != _decision_fields(current):
+                self._rules_stale = True
+            state.facts = facts
+        if state.anchor is None and state.facts is not None:
+            state.anchor = state.facts.modified_at or _stamp(workflow.now())
+
+    async def _wait(
+        self,
+        status: AllowanceStatus,
+        until: datetime | None,
+        why: str | None = None,
+        *,
+        grant_at: datetime | None = None,
+    ) -> None:
+        """Wait for a message, or until `until`; shows the state and next grant meanwhile."""
+        self._state.next_grant_at = _stamp(grant_at) if grant_at else None
+        self._state.held_because = why
+        self._set_status(status)
+        timeout = None
+        if until is not None:
+            timeout = max(until - workflow.now(), timedelta(0))
+        try:
+            await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
+        except TimeoutError:
+            pass
+
+    # -- what operators see ---------------------------------------------------------------
+
+    def _set_status(self, status: AllowanceStatus) -> None:
+        if self._state.status != status.value:
+            self._state.status = status.value
+            self._publish()
+
+    def _publish(self) -> None:
+        attributes = [
+            sa.CREDIT_STATUS.value_set(self._state.status),
+            sa.CREDIT_UNITS.value_set(self._state.units_total),
+        ]
+        facts = self._state.facts
+        if facts is not None:
+            attributes += [
+                key.value_set(value)
+                for key, value in sa.subscription_values(
+                    facts.subscription_id, facts.customer_id, facts.product_id
+                )
+            ]
+        workflow.upsert_search_attributes(attributes)
+
+    def _finish(self, why: str) -> AllowanceState:
+        self._state.next_grant_at = None
+        self._state.held_because = why
+        self._set_status(AllowanceStatus.ENDED)
+        return self._state
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._history_limit
+        )
+
+    def _continue_as_new(self) -> None:
+        self._take_inbox()
+        carried = replace(self._state, runs=self._state.runs + 1)
+        workflow.continue_as_new(carried)
+
+
+def _cadence(rule: AllowanceRule) -> Cadence:
+    return parse_cadence(rule.every)
+
+
+def _meter_of(state: AllowanceState, rule_id: str) -> str | None:
+    return next((r.meter_id for r in state.rules if r.rule_id == rule_id), None)
+
+
+def _ended(facts: SubscriptionFacts) -> bool:
+    return facts.ended_at is not None or facts.status in ENDED_STATUSES
+
+
+def _ends_at(facts: SubscriptionFacts) -> datetime | None:
+    """When a subscription canceled at period end stops: no grant at or after it."""
+    if not facts.cancel_at_period_end:
+        return None
+    end = facts.ends_at or facts.current_period_end
+    return _time(end) if end else None
+
+
+def _standing(facts: SubscriptionFacts) -> AllowanceStatus:
+    if facts.status == "paused":
+        return AllowanceStatus.PAUSED
+    return AllowanceStatus.ENDING if facts.cancel_at_period_end else AllowanceStatus.ACTIVE
+
+
+def _newer(incoming: SubscriptionFacts, current: SubscriptionFacts) -> bool:
+    """Whether `incoming` replaces `current`: never over an ended subscription; an ended one
+    always; otherwise by Polar's `modified_at` (the same moment: the later arrival)."""
+    if _ended(current):
+        return False
+    if _ended(incoming):
+        return True
+    if incoming.modified_at is None or current.modified_at is None:
+        return current.modified_at is None
+    return _time(incoming.modified_at) >= _time(current.modified_at)
+
+
+def _decision_fields(facts: SubscriptionFacts) -> tuple:
+    """What the cadence rules look at: a change in any of these re-decides them."""
+    return (
+        facts.product_id,
+        facts.seats,
+        facts.status == "trialing",
+        sorted(facts.metadata.items()),
+    )
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
