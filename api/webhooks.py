@@ -202,9 +202,10 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 WEBHOOK_DOC = """Polar posts its webhooks here (Standard Webhooks signature, secret
 `POLAR_WEBHOOK_SECRET`). `order.paid` starts the order's crediting run, keyed by the order
-id, so redeliveries and concurrent duplicates start nothing twice; every other event type
-is acknowledged and ignored. Every 2xx tells Polar to stop retrying; the body's `status`
-says what happened."""
+id, so redeliveries and concurrent duplicates start nothing twice. With cadence rules
+(`every`), `subscription.*` events and paid subscription orders also reach the subscription's
+allowance run (signal-with-start). Every other event type is acknowledged and ignored. Every
+2xx tells Polar to stop retrying; the body's `status` says what happened."""
 
 
 @router.post(
@@ -223,7 +224,9 @@ says what happened."""
         },
         202: {
             "model": WebhookAnswer,
-            "description": "`started`: the order's run started (`workflow_id`, `ui_url`). "
+            "description": "`started`: the order's run started (`workflow_id`, `ui_url`; "
+            "`allowance_workflow_id` when it also reached the subscription's allowance run). "
+            "`signalled`: a `subscription.*` event reached the subscription's allowance run. "
             "`ignored`: an event type the service does not act on, or an order whose status "
             "or billing reason this release does not know yet; nothing granted, counted in "
             "`/metrics`.",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 UNITS = ("day", "week", "month", "year")
-_EVERY = re.compile(r"^\s*(\d{1,4})\s+(day|week|month|year)s?\s*$")
+_EVERY = re.compile(r"\s*([0-9]{1,4})\s+(day|week|month|year)s?\s*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Cadence:
 def parse_cadence(text: str) -> Cadence:
     """`"1 month"`, `"2 weeks"`, `"1 year"`: a positive count and a unit (day, week, month,
     year). Raises ValueError with what is accepted."""
-    match = _EVERY.match(text)
+    match = _EVERY.fullmatch(text)
     if not match or int(match.group(1)) == 0:
         raise ValueError(
             f'{text!r} is not a cadence: write a count and a unit, e.g. "1 month" or '

@@ -14,6 +14,10 @@ DEMO_EVENT_NAME = "api_usage"
 DEMO_PRODUCT_ID = "0b1f5e6a-0000-4000-8000-00000000b001"
 DEMO_PRODUCT_NAME = "Starter pack"
 DEMO_PRICE_AMOUNT = 1900
+# A yearly plan, for the demo rules' monthly allowance (a rule with `every = "1 month"`).
+DEMO_YEARLY_PRODUCT_ID = "0b1f5e6a-0000-4000-8000-00000000b002"
+DEMO_YEARLY_PRODUCT_NAME = "Pro yearly"
+DEMO_YEARLY_PRICE_AMOUNT = 19000
 
 
 def seed(store: Store) -> None:
@@ -31,6 +35,14 @@ def seed(store: Store) -> None:
             price_amount=DEMO_PRICE_AMOUNT,
             currency="usd",
             recurring_interval=None,
+        )
+    if store.get_product(DEMO_YEARLY_PRODUCT_ID) is None:
+        store.create_product(
+            id=DEMO_YEARLY_PRODUCT_ID,
+            name=DEMO_YEARLY_PRODUCT_NAME,
+            price_amount=DEMO_YEARLY_PRICE_AMOUNT,
+            currency="usd",
+            recurring_interval="year",
         )
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import psutil
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from polar_credits import stack
+from polar_credits.rules import parse_rules
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -71,17 +71,26 @@ def test_compose_points_the_service_at_the_standin_and_publishes_on_localhost_on
             assert port.startswith("127.0.0.1:"), (name, port)
 
 
-def test_demo_rules_grant_ten_units_on_the_standins_starter_pack() -> None:
+def test_demo_rules_grant_on_the_standins_seeded_products() -> None:
     seed = pytest.importorskip("polar_standin.seed")
-    rules = tomllib.loads((REPO_ROOT / stack.DEMO_RULES_FILE).read_text())
-    meter = rules["meters"]["api_calls"]
-    assert (meter["id"], meter["event_name"], meter["property"]) == (
-        seed.DEMO_METER_ID, "api_usage", "units",
-    )  # fmt: skip
-    [rule] = rules["rules"]
-    assert rule["id"] == "starter-pack-bonus"
-    assert (rule["meter"], rule["units"], rule["products"]) == ("api_calls", 10,
-                                                                [seed.DEMO_PRODUCT_ID])  # fmt: skip
+    rules = parse_rules((REPO_ROOT / stack.DEMO_RULES_FILE).read_text())
+    meter = rules.meters["api_calls"]
+    assert (meter.id, meter.event_name, meter.property) == (
+        seed.DEMO_METER_ID,
+        "api_usage",
+        "units",
+    )
+    bonus, allowance = rules.rules
+    # 10 credits for buying the Starter pack ...
+    assert (bonus.id, bonus.units, bonus.products) == (
+        "starter-pack-bonus",
+        10,
+        [seed.DEMO_PRODUCT_ID],
+    )
+    # ... and 100 a month to a Pro yearly subscription, whose webhooks start its allowance run.
+    assert (allowance.units, allowance.every) == (100, "1 month")
+    assert rules.cadence_product(seed.DEMO_YEARLY_PRODUCT_ID)
+    assert not rules.cadence_product(seed.DEMO_PRODUCT_ID)
 
 
 def _clear_service_env(monkeypatch: pytest.MonkeyPatch) -> None:

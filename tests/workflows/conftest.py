@@ -18,22 +18,26 @@ from polar_credits import search_attributes
 BIN = Path(sys.executable).parent
 
 
+async def register_search_attributes(env: WorkflowEnvironment) -> None:
+    """The workflows write these; a server that does not know them fails their tasks."""
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type)
+                for key in search_attributes.ALL
+            },
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server")
     )
     try:
-        # The workflow writes these; a server that does not know them fails its tasks.
-        await env.client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=env.client.namespace,
-                search_attributes={
-                    key.name: IndexedValueType.ValueType(key.indexed_value_type)
-                    for key in search_attributes.ALL
-                },
-            )
-        )
+        await register_search_attributes(env)
         yield env
     finally:
         await env.shutdown()

@@ -12,6 +12,7 @@ from temporalio.worker import Replayer
 
 from workflows.order_credits import OrderCreditsWorkflow
 from workflows.polar_budget import PolarBudgetWorkflow
+from workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
@@ -21,6 +22,7 @@ def test_histories_of_each_release_are_recorded() -> None:
     assert any(n.startswith("order_credits_v1_") for n in names)
     assert any(n.startswith("order_credits_v2_") for n in names)
     assert any(n.startswith("order_credits_v3_") for n in names)
+    assert any(n.startswith("subscription_allowance_v1_") for n in names)
 
 
 @pytest.fixture
@@ -32,6 +34,8 @@ def recorded(request: pytest.FixtureRequest) -> WorkflowHistory:
 @pytest.mark.parametrize("recorded", HISTORIES, ids=[p.stem for p in HISTORIES], indirect=True)
 async def test_recorded_history_replays(recorded: WorkflowHistory) -> None:
     history = recorded
-    replayer = Replayer(workflows=[OrderCreditsWorkflow, PolarBudgetWorkflow])
+    replayer = Replayer(
+        workflows=[OrderCreditsWorkflow, PolarBudgetWorkflow, SubscriptionAllowanceWorkflow]
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{history.workflow_id}: {result.replay_failure}"
