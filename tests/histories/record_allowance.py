@@ -60,9 +60,11 @@ async def main(release: str, names: list[str]) -> int:
         for name in names:
             test = getattr(scenarios, SCENARIOS[name])
             await test(env, f"record-{uuid.uuid4().hex[:8]}")
-            for n, handle in enumerate(scenarios.STARTED):
+            # A second signal-with-start reaches the run already started: one history each.
+            runs = list({(h.id, h.result_run_id): h for h in scenarios.STARTED}.values())
+            for n, handle in enumerate(runs):
                 history = await handle.fetch_history()
-                suffix = f"_{n + 1}" if len(scenarios.STARTED) > 1 else ""
+                suffix = f"_{n + 1}" if len(runs) > 1 else ""
                 path = HERE / f"subscription_allowance_{release}_{name}{suffix}.json"
                 path.write_text(history.to_json().replace(f"{REPO_ROOT}/", ""))
                 written.append(path)
