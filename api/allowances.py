@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -31,6 +32,15 @@ class AllowanceUnavailable(Exception):
     """Temporal could not take the message: the caller answers 503 so Polar retries."""
 
 
+@dataclass
+class Delivery:
+    """Where the message went: `signalled` (the run has it), `ended` (the run is over and
+    stays over: nothing to tell it), `no_run` (none exists, and none is wanted)."""
+
+    outcome: Literal["signalled", "ended", "no_run"]
+    workflow_id: str | None = None
+
+
 def wants_allowance(rules: RulesFile | None, product_id: str | None) -> bool:
     return rules is not None and rules.cadence_product(product_id)
 
@@ -40,9 +50,9 @@ async def steer_allowance(
     temporal: Any,
     rules: RulesFile | None,
     observation: SubscriptionObservation,
-) -> str | None:
-    """Deliver the observation to the subscription's allowance run. Returns the run's id, or
-    None when there is no run and none is wanted. Raises AllowanceUnavailable."""
+) -> Delivery:
+    """Deliver the observation to the subscription's allowance run. Raises
+    AllowanceUnavailable when Temporal cannot take it."""
     facts = observation.facts
     workflow_id = allowance_workflow_id(facts.subscription_id)
     deadline = settings.credits_temporal_start_timeout_seconds
@@ -71,10 +81,11 @@ async def steer_allowance(
     except WorkflowAlreadyStartedError:
         # The run ended (the subscription ended): nothing more to tell it.
         log.info("subscription %s: allowance run has ended", shown(facts.subscription_id))
-        return workflow_id
+        return Delivery("ended", workflow_id)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            return None  # no run, and this product wants none
+            # No run (this product wants none), or one that has ended.
+            return Delivery("no_run")
         raise AllowanceUnavailable(type(exc).__name__) from exc
     except (TimeoutError, RuntimeError) as exc:
         raise AllowanceUnavailable(type(exc).__name__) from exc
@@ -84,7 +95,7 @@ async def steer_allowance(
         shown(observation.event_type or "message", 60),
         shown(workflow_id),
     )
-    return workflow_id
+    return Delivery("signalled", workflow_id)
 
 
 def _start_attributes(observation: SubscriptionObservation) -> list[SearchAttributePair]:

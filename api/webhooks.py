@@ -28,7 +28,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.allowances import AllowanceUnavailable, steer_allowance, wants_allowance
+from api.allowances import AllowanceUnavailable, Delivery, steer_allowance, wants_allowance
 from api.dependencies import SettingsDep, TemporalDep
 from api.metrics import UNKNOWN_VALUES, WEBHOOKS, Metrics
 from api.payloads import BadPayload, parse_json
@@ -328,7 +328,8 @@ async def polar_webhook(
             paid_order_id=order.id,
             event_type=event_type,
         )
-        answer.allowance_workflow_id = await _deliver(request, settings, temporal, observation)
+        delivery = await _deliver(request, settings, temporal, observation)
+        answer.allowance_workflow_id = delivery.workflow_id
     return _answer(request, answer, status_code=202 if answer.status == "started" else 200)
 
 
@@ -343,22 +344,25 @@ async def _steer(
         facts=subscription_facts(subscription, request.app.state.metadata_keys),
         event_type=event_type,
     )
-    workflow_id = await _deliver(request, settings, temporal, observation)
-    if workflow_id is None:
+    delivery = await _deliver(request, settings, temporal, observation)
+    if delivery.workflow_id is None:
         return _answer(request, WebhookAnswer(status="ignored", event_type=event_type))
     answer = WebhookAnswer(
-        status="signalled",
+        status="signalled" if delivery.outcome == "signalled" else "ignored",
         event_type=event_type,
-        workflow_id=workflow_id,
-        ui_url=workflow_ui_url(settings, workflow_id),
-        allowance_workflow_id=workflow_id,
+        workflow_id=delivery.workflow_id,
+        ui_url=workflow_ui_url(settings, delivery.workflow_id),
+        allowance_workflow_id=delivery.workflow_id,
+        detail="the subscription's allowance run has ended"
+        if delivery.outcome == "ended"
+        else None,
     )
     return _answer(request, answer)
 
 
 async def _deliver(
     request: Request, settings: Settings, temporal: Any, observation: SubscriptionObservation
-) -> str | None:
+) -> Delivery:
     try:
         return await steer_allowance(settings, temporal, request.app.state.rules, observation)
     except AllowanceUnavailable as exc:

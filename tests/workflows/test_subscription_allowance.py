@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -265,6 +266,19 @@ async def tell(
     await env.sleep(timedelta(minutes=1))
 
 
+async def change(
+    env: WorkflowEnvironment,
+    handle: WorkflowHandle,
+    sub: Subscription,
+    event: str,
+    **fields: Any,
+) -> None:
+    """The subscription changes now, and Polar's webhook `event` tells the run."""
+    for name, value in fields.items():
+        setattr(sub, name, value)
+    await tell(env, handle, sub.webhook(event, await now(env)))
+
+
 async def state(handle: WorkflowHandle) -> AllowanceState:
     return await handle.query(SubscriptionAllowanceWorkflow.state)
 
@@ -288,6 +302,24 @@ def month(anchor: datetime, n: int) -> datetime:
     return parse_cadence("1 month").start(anchor, n)
 
 
+@asynccontextmanager
+async def paid_subscription(
+    env: WorkflowEnvironment,
+    queue: str,
+    fake: FakePolar,
+    history_limit: int | None = None,
+    **subscription: Any,
+) -> AsyncIterator[tuple[Subscription, WorkflowHandle]]:
+    """A subscription started next Jan 31 (a month end), its first order paid then, its
+    allowance run started by that order, and a worker running it."""
+    anchor = await start_of_next_jan_31(env)
+    sub = Subscription(anchor=anchor, **subscription)
+    async with worker(env, fake, queue):
+        await sleep_until(env, anchor)
+        handle = await signal_with_start(env, queue, sub.paid_order(anchor), history_limit)
+        yield sub, handle
+
+
 @pytest.fixture
 def queue() -> str:
     return f"allowance-{uuid.uuid4().hex[:8]}"
@@ -297,12 +329,9 @@ async def test_a_year_of_monthly_grants_on_a_yearly_plan_each_once_month_end_saf
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 11) + timedelta(days=1))
         seen = await state(handle)
         # The yearly period is paid through next Jan 31: that month waits for the renewal.
@@ -326,12 +355,9 @@ async def test_renewal_payment_releases_the_held_month_and_starts_the_next_year(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         renewal = month(anchor, 12) + timedelta(hours=2)  # Polar renews a little late
         await sleep_until(env, renewal)
         assert len(fake.periods()) == 12
@@ -348,19 +374,14 @@ async def test_cancel_at_period_end_stops_the_grants_at_the_period_end(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor, product_id=YEARLY, interval_months=3)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake, interval_months=3) as (
+        sub,
+        handle,
+    ):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 1) + timedelta(days=2))
-        sub.cancel_at_period_end = True
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.canceled", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.canceled", cancel_at_period_end=True)
         ending = await state(handle)
         await sleep_until(env, month(anchor, 2) + timedelta(days=2))
         last = await state(handle)
@@ -375,25 +396,12 @@ async def test_cancel_at_period_end_stops_the_grants_at_the_period_end(
 
 async def test_uncancel_continues_the_grants(skipping_env: WorkflowEnvironment, queue: str) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 2) + timedelta(days=1))
-        sub.cancel_at_period_end = True
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.canceled", await now(env)),
-        )
-        sub.cancel_at_period_end = False
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.uncanceled", await now(env) + timedelta(seconds=1)),
-        )
+        await change(env, handle, sub, "subscription.canceled", cancel_at_period_end=True)
+        await change(env, handle, sub, "subscription.uncanceled", cancel_at_period_end=False)
         await sleep_until(env, month(anchor, 5) + timedelta(days=1))
         after = await state(handle)
     assert len(fake.periods()) == 6 and after.status == "active"
@@ -403,27 +411,14 @@ async def test_pause_skips_the_paused_months_and_resume_does_not_make_them_up(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 2) + timedelta(days=10))  # 3 grants so far
-        sub.status = "paused"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.paused", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.paused", status="paused")
         await sleep_until(env, month(anchor, 5) + timedelta(days=10))  # months 3, 4, 5 paused
         paused = await state(handle)
-        sub.status = "active"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.resumed", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.resumed", status="active")
         resumed = await state(handle)
         await sleep_until(env, month(anchor, 11) + timedelta(days=1))
         done = await state(handle)
@@ -436,12 +431,9 @@ async def test_pause_skips_the_paused_months_and_resume_does_not_make_them_up(
 
 async def test_revoke_stops_at_once(skipping_env: WorkflowEnvironment, queue: str) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 3) + timedelta(days=3))
         revoked_at = await now(env)
         sub.status, sub.ended_at = "canceled", revoked_at
@@ -526,44 +518,21 @@ async def test_past_due_holds_the_grant_until_paid_and_drops_it_if_its_period_pa
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 1) - timedelta(days=1))
-        sub.status = "past_due"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.past_due", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.past_due", status="past_due")
         await sleep_until(env, month(anchor, 1) + timedelta(days=3))
         held = await state(handle)
-        sub.status = "active"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.active", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.active", status="active")
         await sleep_until(env, month(anchor, 1) + timedelta(days=4))
         late = await state(handle)
         # Past due again over a whole period: that month is dropped, not granted late.
         await sleep_until(env, month(anchor, 2) - timedelta(days=1))
-        sub.status = "past_due"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.past_due", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.past_due", status="past_due")
         await sleep_until(env, month(anchor, 3) + timedelta(days=2))
-        sub.status = "active"
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.active", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.active", status="active")
         await sleep_until(env, month(anchor, 3) + timedelta(days=3))
         after = await state(handle)
     assert held.status == "held" and "past_due" in (held.held_because or "")
@@ -576,26 +545,14 @@ async def test_product_change_uses_the_new_products_rules_from_the_next_grant(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 1) + timedelta(days=5))
-        sub.product_id = YEARLY_PRO
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.updated", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.updated", product_id=YEARLY_PRO)
         await sleep_until(env, month(anchor, 3) + timedelta(days=1))
-        sub.product_id = PLAIN  # a product without an allowance: no more grants
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.updated", await now(env)),
-        )
+        # A product without an allowance: no more grants.
+        await change(env, handle, sub, "subscription.updated", product_id=PLAIN)
         await sleep_until(env, month(anchor, 6))
         after = await state(handle)
     units = [c.rule.units for c in fake.calls]
@@ -608,19 +565,11 @@ async def test_seat_change_uses_the_new_seat_count_from_the_next_grant(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor, product_id=TEAM, seats=3)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake, product_id=TEAM, seats=3) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 1) + timedelta(days=5))
-        sub.seats = 5
-        await tell(
-            env,
-            handle,
-            sub.webhook("subscription.updated", await now(env)),
-        )
+        await change(env, handle, sub, "subscription.updated", seats=5)
         await sleep_until(env, month(anchor, 2) + timedelta(days=1))
         await state(handle)
     assert [fake.events[k] for k in sorted(fake.events)] == [30, 30, 50]
@@ -630,12 +579,9 @@ async def test_top_up_grants_only_what_brings_the_balance_to_the_cap(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor, product_id=TOPUP)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake, product_id=TOPUP) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, anchor + timedelta(days=3))
         fake.balance -= 300  # the customer used 300 units
         await sleep_until(env, month(anchor, 1) + timedelta(days=3))
@@ -651,12 +597,9 @@ async def test_rollover_cap_limits_what_unused_credit_carries_into_a_period(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor, product_id=ROLLOVER)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake, product_id=ROLLOVER) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, anchor + timedelta(days=3))
         fake.balance -= 20  # 80 unused: only 50 may carry, so the next grant is 70
         await sleep_until(env, month(anchor, 1) + timedelta(days=3))
@@ -694,12 +637,10 @@ async def test_a_rejected_grant_loses_its_period_visibly_and_the_next_one_is_gra
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
-    fake = FakePolar(reject={stamp(month(anchor, 1))})
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
+        fake.reject.add(stamp(month(anchor, 1)))
         await sleep_until(env, month(anchor, 2) + timedelta(days=1))
         after = await state(handle)
     assert fake.periods() == [stamp(month(anchor, 0)), stamp(month(anchor, 2))]
@@ -710,12 +651,9 @@ async def test_continue_as_new_happens_and_loses_nothing(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor), history_limit=40)
+    async with paid_subscription(env, queue, fake, history_limit=40) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, month(anchor, 11) + timedelta(days=1))
         after = await state(handle)
         latest = env.client.get_workflow_handle(handle.id)
@@ -749,15 +687,36 @@ async def test_the_run_is_found_by_its_subscription_and_shows_its_status(
     skipping_env: WorkflowEnvironment, queue: str
 ) -> None:
     env = skipping_env
-    anchor = await start_of_next_jan_31(env)
-    sub = Subscription(anchor=anchor)
     fake = FakePolar()
-    async with worker(env, fake, queue):
-        await sleep_until(env, anchor)
-        handle = await signal_with_start(env, queue, sub.paid_order(anchor))
+    async with paid_subscription(env, queue, fake) as (sub, handle):
+        anchor = sub.anchor
         await sleep_until(env, anchor + timedelta(days=1))
         described = await handle.describe()
     attributes = described.typed_search_attributes
     assert attributes.get(sa.POLAR_SUBSCRIPTION_ID) == sub.id
     assert attributes.get(sa.CREDIT_STATUS) == "active"
     assert attributes.get(sa.CREDIT_UNITS) == 100
+
+
+async def test_a_second_run_for_the_subscription_grants_no_period_twice(
+    skipping_env: WorkflowEnvironment, queue: str
+) -> None:
+    env = skipping_env
+    anchor = await start_of_next_jan_31(env)
+    sub = Subscription(anchor=anchor)
+    fake = FakePolar()
+    async with worker(env, fake, queue):
+        await sleep_until(env, anchor)
+        first = await signal_with_start(env, queue, sub.paid_order(anchor))
+        await sleep_until(env, month(anchor, 2) + timedelta(days=3))
+        # An operator terminates the run (or it is reset); the next delivery starts a new one,
+        # which begins with the month at hand: Polar already holds it.
+        await first.terminate("operator")
+        second = await signal_with_start(env, queue, sub.paid_order(await now(env)))
+        await sleep_until(env, month(anchor, 4) + timedelta(days=1))
+        after = await state(second)
+    assert second.result_run_id != first.result_run_id
+    assert fake.periods() == [stamp(month(anchor, n)) for n in range(5)]
+    assert sum(fake.events.values()) == 500
+    assert [g.already_granted for g in after.grants] == [True, False, False]
+    assert after.units_total == 200  # the new run's own grants; March was the first run's
