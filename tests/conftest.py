@@ -33,6 +33,7 @@ METER_ID = "11111111-0000-4000-8000-00000000a001"
 CREDIT_PRODUCT_ID = "11111111-0000-4000-8000-00000000b001"
 SUBSCRIPTION_PRODUCT_ID = "11111111-0000-4000-8000-00000000b002"
 UNRULED_PRODUCT_ID = "11111111-0000-4000-8000-00000000b003"
+YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b004"
 
 TEST_RULES = f"""
 [meters.api_calls]
@@ -59,6 +60,13 @@ meter = "api_calls"
 units = 250
 products = ["{SUBSCRIPTION_PRODUCT_ID}"]
 billing_reasons = ["subscription_create", "subscription_cycle"]
+
+[[rules]]
+id = "monthly-on-yearly"
+meter = "api_calls"
+units = 100
+every = "1 month"
+products = ["{YEARLY_PRODUCT_ID}"]
 """
 
 
@@ -122,6 +130,15 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
             metered_meter_ids=[METER_ID],
         )
         process.create_product(name="T-shirt", id=UNRULED_PRODUCT_ID)
+        # A yearly plan with a monthly allowance (the monthly-on-yearly rule), granted by the
+        # subscription's allowance run. No metered price: nothing resets the meter, so each
+        # month's credits add up (a metered price would reset it only once a year anyway).
+        process.create_product(
+            name="Pro yearly",
+            id=YEARLY_PRODUCT_ID,
+            price_amount=29000,
+            recurring_interval="year",
+        )
     except Exception:
         process.stop()
         raise

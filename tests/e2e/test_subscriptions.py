@@ -29,13 +29,15 @@ def order_paid(answer: dict) -> dict:
 
 
 async def test_each_cycle_is_credited_once_and_survives_the_reset(stack: Stack) -> None:
+    """Subscribe, renew three times, re-bill a renewed period, cancel: one cycle's allowance
+    after every reset, and nothing for the re-bill or the canceled subscription's final invoice."""
     customer_id = new_customer(stack)
     made = stack.standin.subscribe(customer_id, SUBSCRIPTION_PRODUCT_ID)
     subscription = made["subscription"]
     assert (await credited(stack, order_paid(made))).status == "verified"
     assert await balance(stack, customer_id) == ALLOWANCE
 
-    for cycle in (1, 2):
+    for cycle in (1, 2, 3):
         renewed = stack.standin.renew(subscription["id"])
         state = await credited(stack, order_paid(renewed))
         assert state.status == "verified", state
@@ -60,7 +62,21 @@ async def test_each_cycle_is_credited_once_and_survives_the_reset(stack: Stack) 
     state = await credited(stack, rebill["delivery"])
     assert state.status == "already_granted"
     assert await balance(stack, customer_id) == ALLOWANCE
-    assert len(grant_events(stack, customer_id)) == 3
+    assert len(grant_events(stack, customer_id)) == 4
+
+    # Canceled at period end; at that end Polar publishes the final invoice as a cycle order
+    # of a canceled subscription. It pays for no new period: it grants nothing, and the last
+    # period's credits stay (no reset comes with it).
+    stack.standin.subscription_action(subscription["id"], "cancel")
+    ended = stack.standin.renew(subscription["id"])
+    final = ended["order"]
+    assert (final["billing_reason"], final["subscription"]["status"]) == (
+        "subscription_cycle",
+        "canceled",
+    )
+    assert (await credited(stack, order_paid(ended))).status == "no_rule"
+    assert await balance(stack, customer_id) == ALLOWANCE
+    assert len(grant_events(stack, customer_id)) == 4
 
 
 async def test_a_proration_order_grants_nothing_unless_a_rule_lists_it(
