@@ -1,6 +1,6 @@
 """Personal data in every field of an order.paid payload, through every path the edge has
-(started, duplicate, ignored for an unknown value, refused): afterwards no log and no
-workflow history holds any of it."""
+(started, duplicate, ignored for an unknown value, refused), and in a subscription's webhooks:
+afterwards no log and no workflow history holds any of it."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import CREDIT_PRODUCT_ID, Stack
+from tests.e2e.test_allowance_webhooks import subscription
 from tests.e2e.test_pipeline import grant_events, order_paid_body, post_signed
 from tests.histories.record import history_texts
 from workflows.order_credits import order_workflow_id
+from workflows.subscription_allowance import allowance_workflow_id
 
 EMAIL, NAME = "victim@example.com", "Victim Person"
 PHONE, STREET = "+1 555 0100 4477", "12 Secret Garden Lane"
@@ -94,4 +96,35 @@ async def test_no_personal_data_reaches_logs_or_histories(
     logs = stack.api.log() + "\n" + caplog.text
     for personal in PERSONAL:
         assert personal not in decoded, f"{personal!r} in a workflow history"
+        assert personal not in logs, f"{personal!r} in a log"
+
+
+async def test_no_personal_data_reaches_an_allowance_history(
+    stack: Stack, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a subscription's webhooks, which carry the customer in full."""
+    caplog.set_level("DEBUG")
+    customer_id = stack.standin.create_customer(email=f"2.{EMAIL}", name=NAME)["id"]
+    data = subscription(customer_id)
+    data["metadata"] = {"buyer_email": EMAIL, "note": f"{NAME}, {PHONE}, {STREET}"}
+    data["customer"] |= {
+        "email": EMAIL,
+        "name": NAME,
+        "billing_address": {"line1": STREET},
+        "phone": PHONE,
+    }
+    data["customer_cancellation_comment"] = f"{NAME} <{EMAIL}>"
+    for event in ("subscription.created", "subscription.updated"):
+        body = json.dumps({"type": event, "timestamp": data["modified_at"], "data": data})
+        answer = await post_signed(stack, http, body.encode())
+        assert answer.json()["status"] == "signalled", answer.text
+
+    handle = stack.temporal.get_workflow_handle(allowance_workflow_id(data["id"]))
+    await asyncio.sleep(1)  # the run takes the messages
+    history = (await handle.fetch_history()).to_json()
+    decoded = "\n".join(history_texts(json.loads(history)))
+    assert data["id"] in decoded and customer_id in decoded, "the scan reads the payloads"
+    logs = stack.api.log() + "\n" + caplog.text
+    for personal in PERSONAL:
+        assert personal not in decoded, f"{personal!r} in the allowance history"
         assert personal not in logs, f"{personal!r} in a log"
