@@ -12,14 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
-from tests.conftest import WEBHOOK_SECRET
+from tests.conftest import TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
 from tests.support.temporal import TemporalProcess
 from workflows.order_credits import order_workflow_id
+from workflows.subscription_allowance import allowance_workflow_id
 
 # Polar gives up on a delivery after 10 s; the API's own deadline is 5 s by default.
 POLAR_TIMEOUT_SECONDS = 10.0
@@ -68,7 +69,9 @@ def temporal(tmp_path: Path) -> Iterator[TemporalProcess]:
         process.stop()
 
 
-def start_api(temporal: TemporalProcess, log_dir: Path) -> ServiceProcess:
+def start_api(
+    temporal: TemporalProcess, log_dir: Path, rules_file: Path | None = None
+) -> ServiceProcess:
     port = free_port()
     return ServiceProcess(
         "api",
@@ -78,6 +81,7 @@ def start_api(temporal: TemporalProcess, log_dir: Path) -> ServiceProcess:
             "TEMPORAL_ADDRESS": temporal.address,
             "CREDITS_TASK_QUEUE": "outage-test",
             "CREDITS_API_PORT": str(port),
+            "CREDITS_RULES_FILE": str(rules_file or ""),
         },
         # /healthz, not /readyz: the API must come up while Temporal is down.
         ready_url=f"http://127.0.0.1:{port}/healthz",
@@ -112,6 +116,41 @@ async def test_temporal_stopped_answers_503_fast_then_accepts_when_it_returns(
         assert response.status_code == 202 and response.json()["status"] == "started"
         assert len(await runs_of(temporal, order_id)) == 1
         assert "Traceback" not in api.log()
+    finally:
+        api.stop()
+
+
+async def test_a_subscription_webhook_while_temporal_is_down_is_retried_not_lost(
+    temporal: TemporalProcess, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(TEST_RULES)
+    api = start_api(temporal, tmp_path, rules)  # Temporal is not running yet
+    try:
+        subscription = {
+            "id": str(uuid.uuid4()),
+            "status": "active",
+            "customer_id": str(uuid.uuid4()),
+            "product_id": YEARLY_PRODUCT_ID,
+            "modified_at": "2026-11-30T12:00:00Z",
+        }
+        body = json.dumps(
+            {
+                "type": "subscription.updated",
+                "timestamp": "2026-11-30T12:00:00Z",
+                "data": subscription,
+            }
+        ).encode()
+        response, took = await deliver(api_url(api), body)
+        assert response.status_code == 503, response.text
+        assert took < POLAR_TIMEOUT_SECONDS - 2, f"answered in {took:.1f} s"
+
+        temporal.start()
+        response, _ = await deliver(api_url(api), body)  # Polar's retry
+        assert response.status_code == 202 and response.json()["status"] == "signalled"
+        client = await Client.connect(temporal.address)
+        run = client.get_workflow_handle(allowance_workflow_id(subscription["id"]))
+        assert (await run.describe()).status == WorkflowExecutionStatus.RUNNING
     finally:
         api.stop()
 
