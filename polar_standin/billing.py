@@ -253,6 +253,55 @@ class Billing:
         self._emit_sub(out, sub, "subscription.updated", "subscription.resumed")
         return out
 
+    def update(
+        self, subscription_id: str, product_id: str | None = None, seats: int | None = None
+    ) -> Outcome:
+        """A product change (upgrade, downgrade) and/or a new seat count, applied at once:
+        Polar sends `subscription.updated` with the new `product_id` / `seats`.
+
+        No proration order: Polar may bill one (`subscription_update`) for the rest of the
+        period; tests that need one create it with /admin/orders. The billing period stays:
+        a product billed on another interval is refused rather than re-anchored."""
+        if product_id is None and seats is None:
+            raise ValueError("give a product_id, seats, or both")
+        if seats is not None and (isinstance(seats, bool) or not isinstance(seats, int)):
+            raise ValueError("seats must be a whole number")
+        if seats is not None and seats < 1:
+            raise ValueError("seats must be at least 1")
+        sub = self._subscription(subscription_id)
+        # Polar refuses both: "already canceled or will be at the end of the period".
+        if sub["status"] == "canceled":
+            raise Impossible("subscription has ended: it cannot be updated")
+        if sub["cancel_at_period_end"]:
+            raise Impossible("subscription is set to cancel: uncancel it before updating it")
+        fields: dict[str, Any] = {}
+        if product_id is not None and product_id != sub["product_id"]:
+            product = self.store.get_product(product_id)
+            if product is None:
+                raise NotFound(f"no product {product_id}")
+            if not product["recurring_interval"]:
+                raise Impossible(f"product {product_id} is not recurring: it has no subscription")
+            interval = (product["recurring_interval"], product["recurring_interval_count"] or 1)
+            if interval != (sub["recurring_interval"], sub["recurring_interval_count"]):
+                raise Impossible(
+                    f"product {product_id} bills every {interval[1]} {interval[0]}, the "
+                    f"subscription every {sub['recurring_interval_count']} "
+                    f"{sub['recurring_interval']}: the stand-in changes products on one interval"
+                )
+            fields |= {
+                "product_id": product_id,
+                "amount": product["price_amount"],
+                "currency": product["currency"],
+            }
+        if seats is not None and seats != sub["seats"]:
+            fields["seats"] = seats
+        if not fields:
+            raise ValueError("the subscription already has this product and these seats")
+        sub = self.store.update_subscription(sub["id"], **fields)
+        out = Outcome()
+        self._emit_sub(out, sub, "subscription.updated")
+        return out
+
     def retry_payment(self, subscription_id: str) -> Outcome:
         sub = self._subscription(subscription_id)
         if sub["status"] != "past_due" or not sub["pending_order_id"]:

@@ -393,6 +393,23 @@ def _subscription_action(action: str, what: str) -> Handler:
     return handler
 
 
+def cmd_update(s: Standin, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {}
+    if args.product is not None:
+        body["product_id"] = args.product
+    if args.seats is not None:
+        body["seats"] = args.seats
+    if not body:
+        raise CliError("update needs --product PRODUCT_ID, --seats N or both")
+    data = s.call(
+        "POST",
+        f"/admin/subscriptions/{args.subscription_id}/update",
+        "update a subscription",
+        json_body=body,
+    )
+    _emit(args, data, show_result)
+
+
 def cmd_subscriptions(s: Standin, args: argparse.Namespace) -> None:
     data = s.pages("/v1/subscriptions/", "list subscriptions", {"customer_id": args.customer})
     _emit(args, data, lambda d: [print(subscription_line(x)) for x in d["items"]])
@@ -799,6 +816,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915
             _subscription_action(action, f"{action} a subscription"),
         )
         p.add_argument("subscription_id", metavar="SUBSCRIPTION_ID")
+    p = leaf(
+        commands,
+        "update",
+        "change a subscription's product or seats now: subscription.updated, no proration",
+        f"{RUN} update SUBSCRIPTION_ID --product PRODUCT_ID --seats 3",
+        cmd_update,
+    )
+    p.add_argument("subscription_id", metavar="SUBSCRIPTION_ID")
+    p.add_argument("--product", metavar="PRODUCT_ID", help="the new product (recurring)")
+    p.add_argument("--seats", type=int, metavar="N", help="the new seat count (at least 1)")
     p = leaf(
         commands,
         "subscriptions",

@@ -171,11 +171,27 @@ _ACTIONS: dict[str, Callable[[Billing, str], Outcome]] = {
 }
 
 
+@router.post("/admin/subscriptions/{subscription_id}/update")
+async def subscriptions_update(request: Request, subscription_id: str) -> Response:
+    """A product change and/or a new seat count: body {"product_id"?: str, "seats"?: int}."""
+    body = await _body(request)
+    product_id, seats = body.get("product_id"), body.get("seats")
+    if product_id is not None and not isinstance(product_id, str):
+        return _fail(400, "BadRequest", "product_id must be a string")
+    if seats is not None and (isinstance(seats, bool) or not isinstance(seats, int) or seats < 1):
+        return _fail(400, "BadRequest", "seats must be a whole number of at least 1")
+    if product_id is None and seats is None:
+        return _fail(400, "BadRequest", "give product_id, seats or both")
+    return await _run(request, lambda: _billing(request).update(subscription_id, product_id, seats))
+
+
 @router.post("/admin/subscriptions/{subscription_id}/{action}")
 async def subscriptions_action(request: Request, subscription_id: str, action: str) -> Response:
     do = _ACTIONS.get(action)
     if do is None:
-        return _fail(404, "ResourceNotFound", f"no action {action!r}; one of {sorted(_ACTIONS)}")
+        return _fail(
+            404, "ResourceNotFound", f"no action {action!r}; one of {sorted([*_ACTIONS, 'update'])}"
+        )
     return await _run(request, lambda: do(_billing(request), subscription_id))
 
 

@@ -34,6 +34,7 @@ CREDIT_PRODUCT_ID = "11111111-0000-4000-8000-00000000b001"
 SUBSCRIPTION_PRODUCT_ID = "11111111-0000-4000-8000-00000000b002"
 UNRULED_PRODUCT_ID = "11111111-0000-4000-8000-00000000b003"
 YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b004"
+TEAM_YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b005"
 
 TEST_RULES = f"""
 [meters.api_calls]
@@ -67,6 +68,13 @@ meter = "api_calls"
 units = 100
 every = "1 month"
 products = ["{YEARLY_PRODUCT_ID}"]
+
+[[rules]]
+id = "team-monthly"
+meter = "api_calls"
+units_per_seat = 40
+every = "1 month"
+products = ["{TEAM_YEARLY_PRODUCT_ID}"]
 """
 
 
@@ -137,6 +145,14 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
             name="Pro yearly",
             id=YEARLY_PRODUCT_ID,
             price_amount=29000,
+            recurring_interval="year",
+        )
+        # The yearly plan per seat (the team-monthly rule: 40 units a seat a month); a
+        # subscription reaches it by a product change from "Pro yearly".
+        process.create_product(
+            name="Team yearly",
+            id=TEAM_YEARLY_PRODUCT_ID,
+            price_amount=99000,
             recurring_interval="year",
         )
     except Exception:

@@ -2,10 +2,11 @@
 subscription's allowance run through the API, on the real Temporal dev server.
 
 The monthly-on-yearly rule grants 100 units a month to every subscription of the "Pro yearly"
-plan. Each step here is a webhook the stand-in delivers (synchronously, to the API) and the API
-signals to the run (asynchronously), so every check polls the run's `state` query briefly. The
-months themselves pass only on the time-skipping server (tests/workflows/
-test_subscription_allowance.py): no test here waits for a timer.
+plan; the team-monthly rule grants 40 units a seat a month on "Team yearly", which a
+subscription reaches by a product change. Each step here is a webhook the stand-in delivers
+(synchronously, to the API) and the API signals to the run (asynchronously), so every check
+polls the run's `state` query briefly. The months themselves pass only on the time-skipping
+server (tests/workflows/test_subscription_allowance.py): no test here waits for a timer.
 
 Clocks: the run takes "now" from Temporal's clock and counts its periods from the
 subscription's `started_at`, which the stand-in writes with its own clock. Both must be real
@@ -27,13 +28,15 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from polar_credits.models import AllowanceState
-from tests.conftest import YEARLY_PRODUCT_ID, Stack
+from tests.conftest import TEAM_YEARLY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import balance, grant_events, new_customer
 from tests.e2e.test_subscriptions import credited, order_paid
 from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 MONTHLY = 100  # the monthly-on-yearly rule
 RULE_ID = "monthly-on-yearly"
+TEAM_PER_SEAT = 40  # the team-monthly rule, on "Team yearly"
+TEAM_RULE_ID = "team-monthly"
 SETTLE_SECONDS = 20.0  # a signal, a local activity and one ingest: well under a second here
 CLOCK_TOLERANCE_SECONDS = 5.0
 
@@ -238,5 +241,43 @@ async def test_cancel_uncancel_pause_resume_and_revoke_steer_the_run(stack: Stac
     late = await handle.describe()
     assert (late.run_id, late.status) == (described.run_id, WorkflowExecutionStatus.COMPLETED)
 
+    assert len(allowance_events(stack, customer_id)) == 1
+    assert await balance(stack, customer_id) == MONTHLY
+
+
+async def test_a_product_change_and_a_seat_change_steer_the_next_grant(stack: Stack) -> None:
+    customer_id, made, handle, granted = await subscribed_and_granted(stack)
+    subscription_id = made["subscription"]["id"]
+    next_month = one_month_after(made["subscription"]["started_at"])
+    assert granted.next_grant_at == next_month
+
+    def team_units(units: int) -> Callable[[AllowanceState], bool]:
+        return lambda s: [(r.rule_id, r.units) for r in s.rules] == [(TEAM_RULE_ID, units)]
+
+    # Upgraded to the per-seat yearly plan, 3 seats: Polar sends subscription.updated with
+    # the new product and seats. The team rule applies from the next month (40 × 3); the
+    # month at hand was granted by the old rule, and nothing is granted now.
+    upgraded = stack.standin.update_subscription(
+        subscription_id, product_id=TEAM_YEARLY_PRODUCT_ID, seats=3
+    )
+    assert upgraded["events"] == ["subscription.updated"]
+    assert (upgraded["subscription"]["product_id"], upgraded["subscription"]["seats"]) == (
+        TEAM_YEARLY_PRODUCT_ID,
+        3,
+    )
+    signalled(upgraded, handle.id)
+    state = await run_state(handle, team_units(3 * TEAM_PER_SEAT), "after the product change")
+    assert (state.facts.product_id, state.facts.seats) == (TEAM_YEARLY_PRODUCT_ID, 3)
+    assert (state.status, state.next_grant_at) == ("active", next_month)
+    assert (state.grants_total, state.units_total) == (1, MONTHLY)
+
+    # Two more seats: the next grant counts 5 of them, still from the same month.
+    more = stack.standin.update_subscription(subscription_id, seats=5)
+    signalled(more, handle.id)
+    state = await run_state(handle, team_units(5 * TEAM_PER_SEAT), "after the seat change")
+    assert (state.status, state.next_grant_at) == ("active", next_month)
+    assert (state.grants_total, state.units_total) == (1, MONTHLY)
+
+    assert not (await handle.describe()).raw_description.pending_activities
     assert len(allowance_events(stack, customer_id)) == 1
     assert await balance(stack, customer_id) == MONTHLY

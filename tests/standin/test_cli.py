@@ -253,6 +253,22 @@ def test_subscription_lifecycle_commands(target: StandinProcess, receiver_for_cl
     assert "paid  subscription_cycle  amount 2900 usd" in renewed
     assert "webhook subscription.cycled -> 200" in renewed
 
+    team_id = first_id(
+        ok("product", "create", "Team", "--price", "4900", "--interval", "month", standin=target)
+    )
+    updated = ok("update", subscription_id, "--product", team_id, "--seats", "4", standin=target)
+    assert updated.startswith(f"subscription {subscription_id}  active  every 1 month")
+    assert "amount 4900 usd" in updated and f"product {team_id}  seats 4" in updated
+    assert [line.split()[1] for line in updated.splitlines()[1:]] == ["subscription.updated"]
+    assert "webhook subscription.updated -> 200 (msg_" in updated
+    assert "seats 2" in ok("update", subscription_id, "--seats", "2", standin=target)
+    nothing = run_cli("update", subscription_id, standin=target)
+    assert nothing.returncode == 1
+    assert (
+        nothing.stderr
+        == "polar_standin update: update needs --product PRODUCT_ID, --seats N or both\n"
+    )
+
     canceled = ok("cancel", subscription_id, standin=target)
     assert canceled.startswith(f"subscription {subscription_id}  active")
     assert "cancels at period end" in canceled

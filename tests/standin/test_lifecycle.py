@@ -304,6 +304,117 @@ async def test_failed_renewal_is_past_due_and_paid_only_after_retry(manual):
         standin.subscription_action(sub_id, "retry-payment")
 
 
+# -- product and seat changes --------------------------------------------------------------
+async def test_update_changes_product_and_seats_and_sends_subscription_updated(manual):
+    standin, hooks = manual
+    customer, product, meter = _buyer_and_plan(standin)
+    team = standin.create_plan(name="Team monthly", price_amount=4900, metered_meter_ids=[])
+    made = standin.subscribe(customer["id"], product["id"], seats=2)
+    sub_id, before = made["subscription"]["id"], made["subscription"]
+    hooks.new()
+    standin.clock_advance(days=3)
+
+    # Upgrade and more seats at once: one subscription.updated, carrying both, newer.
+    updated = standin.update_subscription(sub_id, product_id=team["id"], seats=3)
+    payloads = hooks.new()
+    assert [p.type for p in payloads] == ["subscription.updated"] == updated["events"]
+    sent = payloads[0].data
+    assert isinstance(sent, Subscription)
+    assert (sent.id, sent.product_id, sent.product.id, sent.seats) == (
+        sub_id,
+        team["id"],
+        team["id"],
+        3,
+    )
+    assert sent.amount == 4900 and sent.status == "active"
+    assert sent.modified_at == "2026-01-04T00:00:00.000000Z" > before["modified_at"]
+    # The period stays: the new product is billed from the next renewal.
+    assert (sent.current_period_start, sent.current_period_end) == (
+        before["current_period_start"],
+        before["current_period_end"],
+    )
+    sub = updated["subscription"]
+    assert (sub["product_id"], sub["seats"], sub["amount"]) == (team["id"], 3, 4900)
+
+    # Seats only: the product stays.
+    standin.clock_advance(days=1)
+    fewer = standin.update_subscription(sub_id, seats=1)["subscription"]
+    (payload,) = hooks.new()
+    assert payload.type == "subscription.updated"
+    assert (payload.data.product_id, payload.data.seats) == (team["id"], 1)
+    assert payload.data.modified_at == "2026-01-05T00:00:00.000000Z"
+    assert (fewer["product_id"], fewer["seats"]) == (team["id"], 1)
+
+    async with PolarAsync(standin.token, base_url=standin.base_url) as polar:
+        got = await polar.subscriptions.get(id=sub_id)
+        assert (got.product_id, got.seats, got.amount) == (team["id"], 1, 4900)
+        listed = await polar.subscriptions.list(product_id=team["id"])
+        assert [s.id for s in listed.items] == [sub_id]
+        # No proration order: the update billed nothing.
+        orders = await polar.orders.list(subscription_id=sub_id)
+        assert [o.billing_reason for o in orders.items] == ["subscription_create"]
+
+    # The next renewal bills the new product and seats; the new product has no metered
+    # price, so the old meter is not reset.
+    renewed = standin.renew(sub_id)["order"]
+    assert (renewed["product_id"], renewed["seats"], renewed["total_amount"]) == (
+        team["id"],
+        1,
+        4900,
+    )
+    assert hooks.types() == RENEW
+    resets = [e for e in standin.events(customer["id"]) if e["name"] == "meter.reset"]
+    assert [r["metadata"]["meter_id"] for r in resets] == [meter["id"]]  # at creation only
+
+
+async def test_update_refuses_ended_canceled_unknown_and_malformed_changes(manual):
+    standin, hooks = manual
+    customer, product, _ = _buyer_and_plan(standin)
+    other = standin.create_plan(name="Other monthly", price_amount=1500)
+    yearly = standin.create_plan(name="Yearly", recurring_interval="year")
+    pack = standin.create_product(name="One-off pack")
+    sub_id = standin.subscribe(customer["id"], product["id"])["subscription"]["id"]
+    hooks.new()
+    update = standin.update_subscription
+
+    with pytest.raises(RuntimeError, match="404"):
+        update(sub_id, product_id=str(uuid.uuid4()))  # no such product
+    with pytest.raises(RuntimeError, match="404"):
+        update(str(uuid.uuid4()), seats=2)  # no such subscription
+    with pytest.raises(RuntimeError, match="409.*not recurring"):
+        update(sub_id, product_id=pack["id"])
+    with pytest.raises(RuntimeError, match="409.*bills every 1 year"):
+        update(sub_id, product_id=yearly["id"])
+    for body in ({}, {"seats": 0}, {"seats": "3"}, {"seats": True}, {"product_id": 7}):
+        with pytest.raises(RuntimeError, match="400"):
+            standin.admin("POST", f"/admin/subscriptions/{sub_id}/update", body)
+    with pytest.raises(RuntimeError, match="400.*already has"):
+        update(sub_id, product_id=product["id"])  # nothing would change
+    assert hooks.types() == []
+
+    # Set to cancel at period end: refused until uncanceled, as Polar does.
+    standin.subscription_action(sub_id, "cancel")
+    hooks.new()
+    with pytest.raises(RuntimeError, match="409.*uncancel"):
+        update(sub_id, product_id=other["id"])
+    standin.subscription_action(sub_id, "uncancel")
+    hooks.new()
+    assert update(sub_id, product_id=other["id"])["subscription"]["product_id"] == other["id"]
+    assert hooks.types() == ["subscription.updated"]
+
+    # Ended: refused, and nothing is sent.
+    standin.subscription_action(sub_id, "revoke")
+    hooks.new()
+    with pytest.raises(RuntimeError, match="409.*ended"):
+        update(sub_id, seats=4)
+    with pytest.raises(RuntimeError, match="409"):
+        update(sub_id, product_id=product["id"])
+    assert hooks.types() == []
+    async with PolarAsync(standin.token, base_url=standin.base_url) as polar:
+        got = await polar.subscriptions.get(id=sub_id)
+        assert (got.status, got.product_id, got.seats) == ("canceled", other["id"], None)
+
+
 # -- refunds ------------------------------------------------------------------------------
 async def test_partial_then_full_refund(manual):
     standin, hooks = manual

@@ -366,6 +366,17 @@ class StandinProcess:
         """action: renew, fail-renewal, retry-payment, cancel, uncancel, revoke, pause, resume."""
         return self.admin("POST", f"/admin/subscriptions/{subscription_id}/{action}")
 
+    def update_subscription(
+        self, subscription_id: str, product_id: str | None = None, seats: int | None = None
+    ) -> dict:
+        """A product change and/or new seats: {"subscription", "events", "deliveries"}."""
+        body: dict[str, Any] = {}
+        if product_id is not None:
+            body["product_id"] = product_id
+        if seats is not None:
+            body["seats"] = seats
+        return self.admin("POST", f"/admin/subscriptions/{subscription_id}/update", body)
+
     def renew(self, subscription_id: str) -> dict:
         return self.subscription_action(subscription_id, "renew")
 
