@@ -82,6 +82,7 @@ from bench.burst import (
     subtract,
 )
 from bench.pipeline import (
+    add_output_options,
     admin,
     bench_config,
     bench_env,
@@ -176,12 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-floor", action="store_true", help="do not measure the bare-timer floor first"
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    parser.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="keep the temporary data directory (databases, logs)",
-    )
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.subscriptions is None:
         args.subscriptions = 200 if args.quick else 2000

@@ -59,6 +59,7 @@ from temporalio.worker import Worker
 from bench.pipeline import (
     RULE_ID,
     Delivery,
+    add_output_options,
     admin,
     bench_config,
     bench_env,
@@ -144,12 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-naive", action="store_true", help="measure the service only (no naive side)"
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    parser.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="keep the temporary data directory (databases, logs)",
-    )
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.orders is None:
         args.orders = 200 if args.quick else 2000

@@ -69,6 +69,16 @@ MIB = 1024 * 1024
 # --- Arguments ----------------------------------------------------------------------------
 
 
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json and --keep-data, the same in every benchmark that runs a private stack."""
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the temporary data directory (databases, logs)",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.pipeline",
@@ -108,12 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1800.0,
         help="longest wait for the worker to close every run (%(default)s s)",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    parser.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="keep the temporary data directory (databases, logs)",
-    )
+    add_output_options(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     if args.duration is None:
