@@ -7,6 +7,7 @@ order's credits are decided.
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,6 +44,30 @@ class RulesError(Exception):
     """The rules file cannot be used; the message names the file, the rule and the problem."""
 
 
+Scalar = StrictStr | StrictInt | StrictBool
+
+
+class MetadataTest(BaseModel):
+    """A metadata condition other than equality: `{ in = [...] }` or `{ exists = true }`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    one_of: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
+    exists: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> MetadataTest:
+        if (self.one_of is None) == (self.exists is None):
+            raise ValueError("a metadata condition is a value, { in = [...] } or { exists = ... }")
+        return self
+
+    def holds(self, key: str, metadata: dict) -> bool:
+        if self.exists is not None:
+            return (key in metadata) == self.exists
+        assert self.one_of is not None
+        return any(_same(metadata.get(key), wanted) for wanted in self.one_of)
+
+
 class Meter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,9 +87,22 @@ class Rule(BaseModel):
     top_up_to: StrictInt | None = Field(default=None, gt=0)  # cadence rules only
     products: list[str] | None = None
     billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
-    # Order metadata this rule requires, key → value (all must be equal). The keys named
-    # here are the only metadata that ever enters a workflow history (`metadata_keys`).
-    metadata: dict[MetadataKey, StrictStr | StrictInt | StrictBool] | None = None
+    # Order metadata this rule requires, key → a value (equal), { in = [...] } or
+    # { exists = bool }; all must hold. The keys named here are the only metadata that ever
+    # enters a workflow history (`metadata_keys`).
+    metadata: dict[MetadataKey, Scalar | MetadataTest] | None = None
+    # More conditions on the order (rules v2): its currency, the net amount it paid (integer
+    # cents of its currency), whether it had a discount, and a validity window judged on the
+    # order's own `created_at` (never the time it is processed).
+    currencies: list[Annotated[str, StringConstraints(min_length=3, max_length=3)]] | None = None
+    min_net_amount: StrictInt | None = Field(default=None, ge=0)
+    discounted: StrictBool | None = None
+    active_from: datetime | None = None
+    active_until: datetime | None = None
+    # Precedence: rules are evaluated by priority, highest first (then in file order); a
+    # matching rule with stop = true ends the evaluation.
+    priority: StrictInt = 0
+    stop: StrictBool = False
     # false: no grant while the order's subscription is `trialing` (usually its $0 first
     # order), so a trial cannot be used to collect credits.
     during_trial: StrictBool = True
@@ -71,6 +110,28 @@ class Rule(BaseModel):
     # of its products, not on orders (README, "Allowances on their own cadence").
     every: str | None = None
     rollover_cap: StrictInt | None = Field(default=None, ge=0)  # cadence rules only
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_conditions(cls, value: object) -> object:
+        """One clear message per condition, instead of one per member of the union."""
+        if not isinstance(value, dict):
+            return value
+        checked: dict[object, object] = {}
+        for key, wanted in value.items():
+            if isinstance(wanted, dict):
+                try:
+                    checked[key] = MetadataTest.model_validate(wanted)
+                except ValidationError as exc:
+                    raise ValueError(f"{key}: {_condition_problem(exc)}") from None
+            elif isinstance(wanted, str | int | bool):
+                checked[key] = wanted
+            else:
+                raise ValueError(
+                    f"{key}: give a string, a whole number, a boolean, "
+                    "{ in = [...] } or { exists = true/false }"
+                )
+        return checked
 
     @model_validator(mode="after")
     def _one_amount(self) -> Rule:
@@ -80,12 +141,22 @@ class Rule(BaseModel):
                 "give exactly one of units, units_per_seat or top_up_to"
                 + (f" (found {', '.join(amounts)})" if amounts else "")
             )
+        for name in ("active_from", "active_until"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone, e.g. 2026-12-01T00:00:00Z")
+        if self.active_from and self.active_until and self.active_from >= self.active_until:
+            raise ValueError("active_from must be before active_until")
         if self.every is None:
             for name in ("top_up_to", "rollover_cap"):
                 if getattr(self, name) is not None:
                     raise ValueError(f'{name} needs a cadence: add every = "1 month"')
             return self
         parse_cadence(self.every)
+        order_only = ("currencies", "min_net_amount", "discounted", "active_from", "active_until")
+        for name in order_only:
+            if name in self.model_fields_set:
+                raise ValueError(f"{name} applies to orders: a rule with every cannot use it")
         if "billing_reasons" in self.model_fields_set:
             raise ValueError(
                 "a rule with every grants on its own timer, not on orders: remove billing_reasons"
@@ -109,9 +180,40 @@ class Rule(BaseModel):
             return False
         if self.products is not None and order.product_id not in self.products:
             return False
+        if self.currencies is not None and order.currency.lower() not in self._currencies():
+            return False
+        if self.min_net_amount is not None and order.net_amount < self.min_net_amount:
+            return False
+        if self.discounted is not None and (order.discount_amount > 0) != self.discounted:
+            return False
+        if not self._active_at(order.created_at):
+            return False
+        return self.metadata_holds(order.metadata)
+
+    def metadata_holds(self, metadata: dict) -> bool:
         return all(
-            _same(order.metadata.get(key), value) for key, value in (self.metadata or {}).items()
+            wanted.holds(key, metadata)
+            if isinstance(wanted, MetadataTest)
+            else _same(metadata.get(key), wanted)
+            for key, wanted in (self.metadata or {}).items()
         )
+
+    def _currencies(self) -> set[str]:
+        return {c.lower() for c in self.currencies or ()}
+
+    def _active_at(self, created_at: str | None) -> bool:
+        """Within the validity window, judged on the order's own timestamp; an order that
+        does not say when it was made matches no windowed rule."""
+        if self.active_from is None and self.active_until is None:
+            return True
+        if created_at is None:
+            return False
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        if self.active_from is not None and moment < self.active_from:
+            return False
+        return self.active_until is None or moment < self.active_until
 
 
 class RulesFile(BaseModel):
@@ -124,6 +226,10 @@ class RulesFile(BaseModel):
         """The order metadata a decision can use: the allow-list of what the API copies into
         a workflow's input. Everything else in an order's metadata stays out of histories."""
         return frozenset(key for rule in self.rules for key in (rule.metadata or {}))
+
+    def by_precedence(self) -> list[Rule]:
+        """Highest priority first; rules of one priority in file order."""
+        return sorted(self.rules, key=lambda rule: -rule.priority)
 
     def has_cadence_rules(self) -> bool:
         return any(rule.every is not None for rule in self.rules)
@@ -191,6 +297,17 @@ def _describe(err: dict, raw: dict) -> str:
     return f"{where}: {message}" if where else message
 
 
+def _condition_problem(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "extra_forbidden":
+        return f"unknown condition {err['loc'][0]!r} (use in or exists)"
+    if err["loc"][:1] == ("in",):
+        if err["type"] == "too_short":
+            return "in needs at least one value"
+        return "in takes strings, whole numbers or booleans"
+    return err["msg"].removeprefix("Value error, ")
+
+
 def _same(actual: object, wanted: str | int | bool) -> bool:
     # True == 1 in Python; a rule asking for `true` must not match a metadata value of 1.
     return type(actual) is type(wanted) and actual == wanted
@@ -227,7 +344,7 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
     if order.billing_reason == "subscription_cycle" and order.subscription_status == "canceled":
         return []
     grants = []
-    for rule in rules.rules:
+    for rule in rules.by_precedence():
         if not rule.matches(order):
             continue
         meter = rules.meters[rule.meter]
@@ -245,6 +362,8 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
                 reason=order.billing_reason,
             )
         )
+        if rule.stop:
+            break
     return grants
 
 
@@ -268,8 +387,7 @@ def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[A
             continue
         if not rule.during_trial and facts.status == "trialing":
             continue
-        wanted = (rule.metadata or {}).items()
-        if not all(_same(facts.metadata.get(key), value) for key, value in wanted):
+        if not rule.metadata_holds(facts.metadata):
             continue
         meter = rules.meters[rule.meter]
         decided.append(
