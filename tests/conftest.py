@@ -35,6 +35,7 @@ SUBSCRIPTION_PRODUCT_ID = "11111111-0000-4000-8000-00000000b002"
 UNRULED_PRODUCT_ID = "11111111-0000-4000-8000-00000000b003"
 YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b004"
 TEAM_YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b005"
+PROMO_PRODUCT_ID = "11111111-0000-4000-8000-00000000b006"
 
 TEST_RULES = f"""
 [meters.api_calls]
@@ -75,6 +76,27 @@ meter = "api_calls"
 units_per_seat = 40
 every = "1 month"
 products = ["{TEAM_YEARLY_PRODUCT_ID}"]
+
+# Rules v2 on the "Promo pack": 10 units by default; during the winter sale, a spring or
+# launch campaign paid in dollars (at least $10) gets 50 instead (priority + stop).
+[[rules]]
+id = "promo-default"
+meter = "api_calls"
+units = 10
+products = ["{PROMO_PRODUCT_ID}"]
+
+[[rules]]
+id = "promo-sale"
+meter = "api_calls"
+units = 50
+products = ["{PROMO_PRODUCT_ID}"]
+metadata = {{ campaign = {{ in = ["launch", "spring"] }} }}
+currencies = ["usd"]
+min_net_amount = 1000
+active_from = 2020-01-01T00:00:00Z
+active_until = 2100-01-01T00:00:00Z
+priority = 10
+stop = true
 """
 
 
@@ -155,6 +177,7 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
             price_amount=99000,
             recurring_interval="year",
         )
+        process.create_product(name="Promo pack", id=PROMO_PRODUCT_ID, price_amount=2900)
     except Exception:
         process.stop()
         raise
