@@ -11,7 +11,7 @@ from datetime import datetime
 
 from temporalio import activity
 
-from activities.credits import _heartbeating
+from activities.credits import heartbeating
 from activities.gateway import PolarGateway
 from polar_credits.logsafe import shown
 from polar_credits.models import (
@@ -88,9 +88,7 @@ class AllowanceActivities:
         external_id = allowance_external_id(input.subscription_id, rule.rule_id, input.period_start)
         balance_seen = None
         if rule.top_up_to is not None or rule.rollover_cap is not None:
-            row = await _heartbeating(
-                self._gateway.customer_meter(input.customer_id, rule.meter_id)
-            )
+            row = await heartbeating(self._gateway.customer_meter(input.customer_id, rule.meter_id))
             units, balance_seen = capped_units(
                 rule,
                 row.balance if row else 0.0,
@@ -108,7 +106,7 @@ class AllowanceActivities:
         )
         if units <= 0:
             return grant  # the cap is reached: nothing to ingest
-        outcome = await _heartbeating(
+        outcome = await heartbeating(
             self._gateway.ingest([allowance_event(input, units, external_id)])
         )
         grant.stored_by = outcome.stored_by.isoformat()

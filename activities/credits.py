@@ -65,7 +65,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _heartbeating(work: Awaitable[T], details: object = None) -> T:
+async def heartbeating(work: Awaitable[T], details: object = None) -> T:
     """Await `work`, heartbeating meanwhile, so a worker that dies is noticed in seconds
     while its activity waits for a batch or a permit."""
     task = asyncio.ensure_future(work)
@@ -104,7 +104,7 @@ class CreditActivities:
         """The order's grants, in the next batch call; Polar dedupes each by `external_id`,
         so a batch retried after a lost answer grants nothing twice."""
         grants = input.grants
-        outcome = await _heartbeating(self._gateway.ingest([grant_event(g) for g in grants]))
+        outcome = await heartbeating(self._gateway.ingest([grant_event(g) for g in grants]))
         activity.logger.info(
             "grants for order %s confirmed by Polar (%d event(s), in a call of %d)",
             shown(grants[0].order_id) if grants else "-",
@@ -147,7 +147,7 @@ class CreditActivities:
             pending = [r for r in results.values() if not r.verified]
             # Reads wait for their batch and a permit: heartbeat meanwhile, or Temporal would
             # take the wait for a dead worker.
-            readings = await _heartbeating(
+            readings = await heartbeating(
                 asyncio.gather(
                     *(self._gateway.customer_meter(input.customer_id, r.meter_id) for r in pending),
                     return_exceptions=True,

@@ -110,12 +110,9 @@ def start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
         SearchAttributePair(key, value)
         for key, value in sa.identity_values(facts.order_id, facts.customer_id, facts.product_id)
     ]
-    subscription = sa.subscription_values(facts.subscription_id, facts.customer_id, None)
-    pairs += [
-        SearchAttributePair(key, value)
-        for key, value in subscription
-        if key == sa.POLAR_SUBSCRIPTION_ID
-    ]
+    subscription_id = facts.subscription_id
+    if subscription_id and len(subscription_id) <= sa.MAX_KEYWORD_CHARS:
+        pairs.append(SearchAttributePair(sa.POLAR_SUBSCRIPTION_ID, subscription_id))
     return pairs
 
 

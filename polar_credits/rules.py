@@ -176,9 +176,7 @@ class Rule(BaseModel):
             return False  # granted by the subscription's allowance run instead
         if order.billing_reason not in self.billing_reasons:
             return False
-        if not self.during_trial and order.subscription_status == "trialing":
-            return False
-        if self.products is not None and order.product_id not in self.products:
+        if not self._covers(order.product_id, order.subscription_status):
             return False
         if self.currencies is not None and order.currency.lower() not in self._currencies():
             return False
@@ -189,6 +187,20 @@ class Rule(BaseModel):
         if not self._active_at(order.created_at):
             return False
         return self.metadata_holds(order.metadata)
+
+    def applies_to(self, facts: SubscriptionFacts) -> bool:
+        """A cadence rule, for a subscription as it is now."""
+        return (
+            self.every is not None
+            and self._covers(facts.product_id, facts.status)
+            and self.metadata_holds(facts.metadata)
+        )
+
+    def _covers(self, product_id: str | None, subscription_status: str | None) -> bool:
+        """The product and trial conditions, the same for orders and subscriptions."""
+        if not self.during_trial and subscription_status == "trialing":
+            return False
+        return self.products is None or product_id in self.products
 
     def metadata_holds(self, metadata: dict) -> bool:
         return all(
@@ -381,13 +393,7 @@ def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[A
     metadata and trial state)."""
     decided = []
     for rule in rules.rules:
-        if rule.every is None:
-            continue
-        if rule.products is not None and facts.product_id not in rule.products:
-            continue
-        if not rule.during_trial and facts.status == "trialing":
-            continue
-        if not rule.metadata_holds(facts.metadata):
+        if not rule.applies_to(facts):
             continue
         meter = rules.meters[rule.meter]
         decided.append(

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from polar.v2026_10 import PolarAsync
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
@@ -149,11 +149,7 @@ async def record(
 
     history = await handle.fetch_history()
     path = HERE / f"order_credits_{release}_{name}.json"
-    # Failure stack traces carry this machine's paths; replay never reads them.
-    text = history.to_json()
-    for prefix in sorted({str(Path(p)) for p in sys.path if p.endswith("site-packages")}):
-        text = text.replace(f"{prefix}/", "site-packages/")
-    path.write_text(text.replace(f"{REPO_ROOT}/", ""))
+    save_history(history, path)
     counts = Counter(
         EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events
     )
@@ -169,6 +165,15 @@ async def record(
         "wall_seconds": round(wall, 2),
         "counts": dict(sorted(counts.items())),
     }
+
+
+def save_history(history: WorkflowHistory, path: Path) -> None:
+    """Write a history for the replay test. Failure stack traces carry this machine's paths;
+    replay never reads them, so they are made relative."""
+    text = history.to_json()
+    for prefix in sorted({str(Path(p)) for p in sys.path if p.endswith("site-packages")}):
+        text = text.replace(f"{prefix}/", "site-packages/")
+    path.write_text(text.replace(f"{REPO_ROOT}/", ""))
 
 
 def history_texts(node: object, key: str = "") -> list[str]:

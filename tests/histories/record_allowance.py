@@ -24,7 +24,7 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.histories.record import REPO_ROOT, privacy_leaks
+from tests.histories.record import privacy_leaks, save_history
 from tests.workflows import test_subscription_allowance as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes
 
@@ -66,7 +66,7 @@ async def main(release: str, names: list[str]) -> int:
                 history = await handle.fetch_history()
                 suffix = f"_{n + 1}" if len(runs) > 1 else ""
                 path = HERE / f"subscription_allowance_{release}_{name}{suffix}.json"
-                path.write_text(history.to_json().replace(f"{REPO_ROOT}/", ""))
+                save_history(history, path)
                 written.append(path)
                 print(f"{path.name}: {len(history.events)} events", flush=True)
             while scenarios.STARTED:
