@@ -56,8 +56,18 @@ class Settings(BaseSettings):
     # A client that trickles its request is cut off (README, "Operations").
     credits_api_header_timeout_seconds: float = Field(default=10.0, gt=0)
     credits_api_body_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The operator API (README, "Operator guide"): off while unset; a bearer token otherwise.
+    credits_operator_token: SecretStr | None = None
+    # The reconciliation schedule: how often it lists Polar's paid orders for missed webhooks.
+    credits_reconcile_interval_seconds: float = Field(default=600.0, gt=0)
+    # The worker's Prometheus endpoint (the SDK's metrics and the service's); 0 = off.
+    credits_worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # "text" (default) or "json": one JSON object per line, with order and workflow ids.
+    credits_log_format: Literal["text", "json"] = "text"
 
-    @field_validator("polar_access_token", "polar_webhook_secret", mode="before")
+    @field_validator(
+        "polar_access_token", "polar_webhook_secret", "credits_operator_token", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
