@@ -7,7 +7,8 @@ Stop it with SIGTERM or SIGINT, at any moment: before Temporal is connected it j
 once polling, it stops polling, cancels the activities still running (Temporal retries them)
 and exits. If Temporal does not let the worker finish within STOP_TIMEOUT_SECONDS, or a
 second signal comes, it exits without waiting. Exit status: 0 after a stop; 1 when Temporal
-cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file.
+cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file
+(including one that drops a rule key which has granted: polar_credits/rule_keys.py).
 """
 
 from __future__ import annotations
@@ -45,14 +46,32 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.allowance import AllowanceActivities  # noqa: E402
+from activities.backfill import BackfillActivities  # noqa: E402
 from activities.budget import TemporalBudget  # noqa: E402
 from activities.credits import CreditActivities  # noqa: E402
 from activities.gateway import PolarGateway  # noqa: E402
+from activities.ledger import LedgerActivities  # noqa: E402
+from activities.operator import OperatorActivities  # noqa: E402
+from activities.reconcile import ReconcileActivities  # noqa: E402
 from polar_credits.logsafe import configure_logging  # noqa: E402
+from polar_credits.reconcile_schedule import ensure_reconcile_schedule  # noqa: E402
+from polar_credits.rule_keys import (  # noqa: E402
+    DroppedRuleKeys,
+    check_rule_keys,
+    record_rule_keys,
+)
 from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
+from polar_credits.worker_metrics import GatewayMetrics, client_meter, worker_runtime  # noqa: E402
+from workflows.backfill import BackfillWorkflow  # noqa: E402
+from workflows.customer_ledger import CustomerLedgerWorkflow  # noqa: E402
+from workflows.manual_grant import ManualGrantWorkflow  # noqa: E402
 from workflows.order_credits import OrderCreditsWorkflow  # noqa: E402
 from workflows.polar_budget import PolarBudgetWorkflow, budget_task_queue  # noqa: E402
+from workflows.reconcile import ReconcileWorkflow  # noqa: E402
+from workflows.revoke_grant import RevokeGrantWorkflow  # noqa: E402
+from workflows.rules_preview import RulesPreviewWorkflow  # noqa: E402
+from workflows.rules_registry import RulesRegistryWorkflow  # noqa: E402
 from workflows.subscription_allowance import SubscriptionAllowanceWorkflow  # noqa: E402
 
 # Activities mostly wait (for a batch, a permit, Polar's recomputation): they are cheap
@@ -91,14 +110,33 @@ async def build_worker(
 ) -> AsyncIterator[PolarGateway]:
     """Poll the order queue and the budget's queue until the block exits; yields the
     process's one gateway to Polar."""
-    gateway = PolarGateway(polar, TemporalBudget(client, task_queue, per_minute))
+    gateway = PolarGateway(
+        polar,
+        TemporalBudget(client, task_queue, per_minute),
+        # Recorded on the client's runtime: its Prometheus endpoint when it has one.
+        GatewayMetrics(client_meter(client), budget_per_minute=per_minute),
+    )
     orders = Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderCreditsWorkflow, SubscriptionAllowanceWorkflow],
+        workflows=[
+            OrderCreditsWorkflow,
+            SubscriptionAllowanceWorkflow,
+            CustomerLedgerWorkflow,
+            RulesPreviewWorkflow,
+            RulesRegistryWorkflow,
+            BackfillWorkflow,
+            ReconcileWorkflow,
+            ManualGrantWorkflow,
+            RevokeGrantWorkflow,
+        ],
         activities=[
             *CreditActivities(gateway, rules).all(),
             *AllowanceActivities(gateway, rules).all(),
+            *LedgerActivities(client, task_queue).all(),
+            BackfillActivities(gateway).grant_page,
+            *ReconcileActivities(client, gateway, rules).all(),
+            *OperatorActivities(gateway).all(),
         ],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
@@ -110,6 +148,28 @@ async def build_worker(
             yield gateway
     finally:
         await gateway.close()
+
+
+async def _accept_rule_keys(client: Client, settings: Settings, rules: RulesFile) -> None:
+    """Refuse a rules file that drops a rule key which has granted while another rule takes
+    over its products (unless allowed), then record the file's keys in the registry."""
+    for warning in await check_rule_keys(
+        client,
+        settings.credits_task_queue,
+        rules,
+        allow_dropped=settings.credits_allow_dropped_rule_keys,
+    ):
+        log.warning("allowed by CREDITS_ALLOW_DROPPED_RULE_KEYS: %s", warning)
+    await record_rule_keys(client, settings.credits_task_queue, rules)
+
+
+async def _schedule_reconciliation(client: Client, settings: Settings) -> None:
+    # Best effort: the worker's job is to poll; the next worker to start tries again.
+    try:
+        async with asyncio.timeout(10):
+            await ensure_reconcile_schedule(client, settings)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not create or update the reconciliation schedule: %s", exc)
 
 
 def _exit_process(status: int) -> NoReturn:
@@ -174,8 +234,29 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
         settings.temporal_address,
         settings.temporal_namespace,
     )
+    try:
+        runtime = worker_runtime(
+            settings.credits_worker_metrics_port,
+            host=settings.credits_worker_metrics_host,
+            forward_logs=settings.credits_log_format == "json",
+        )
+    except (RuntimeError, ValueError) as exc:  # the port is taken
+        print(
+            "polar-credits worker: cannot serve metrics on port "
+            f"{settings.credits_worker_metrics_port}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if settings.credits_worker_metrics_port:
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            settings.credits_worker_metrics_host,
+            settings.credits_worker_metrics_port,
+        )
     connecting = asyncio.ensure_future(
-        Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+        Client.connect(
+            settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime
+        )
     )
     stopping = asyncio.ensure_future(stop.event.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -194,6 +275,12 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    try:
+        await _accept_rule_keys(client, settings, rules)
+    except DroppedRuleKeys as exc:
+        print(f"polar-credits worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    await _schedule_reconciliation(client, settings)
 
     async with polar_client(settings) as polar:
         worker = build_worker(
@@ -219,17 +306,23 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
     return EXIT_STOPPED
 
 
-def main() -> NoReturn:
-    """Run the worker until it is stopped, then end the process (see `_exit_process`)."""
+def main(*, allow_dropped_keys: bool = False) -> NoReturn:
+    """Run the worker until it is stopped, then end the process (see `_exit_process`).
+
+    `allow_dropped_keys` (the CLI's `--allow-dropped-keys`) accepts a rules file that drops a
+    rule key which has granted, as CREDITS_ALLOW_DROPPED_RULE_KEYS=true does."""
     _catch_stop_signals()  # already done when run as a script: covers the imports too
     configure_logging()
     try:
         settings = load_settings("POLAR_ACCESS_TOKEN", "CREDITS_RULES_FILE")
+        if allow_dropped_keys:
+            settings = settings.model_copy(update={"credits_allow_dropped_rule_keys": True})
         assert settings.credits_rules_file is not None
         rules = load_rules(settings.credits_rules_file)
     except (SettingsError, RulesError) as exc:
         print(f"polar-credits worker: {exc}", file=sys.stderr)
         _exit_process(EXIT_BAD_SETTINGS)
+    configure_logging(log_format=settings.credits_log_format)
     with asyncio.Runner() as runner:
         try:
             status = runner.run(serve(settings, rules))

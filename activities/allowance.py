@@ -22,6 +22,7 @@ from polar_credits.models import (
     order_key,
 )
 from polar_credits.rules import RulesFile, allowance_external_id, decide_allowance_rules
+from polar_credits.worker_metrics import record_grants
 
 
 def allowance_event(input: AllowanceGrantInput, units: int, external_id: str) -> dict:
@@ -85,7 +86,9 @@ class AllowanceActivities:
         rule, period start), so a retry, a second run or a reset grants nothing twice; the
         first amount Polar stored stands."""
         rule = input.rule
-        external_id = allowance_external_id(input.subscription_id, rule.rule_id, input.period_start)
+        external_id = allowance_external_id(
+            input.subscription_id, rule.rule_key or rule.rule_id, input.period_start
+        )
         balance_seen = None
         if rule.top_up_to is not None or rule.rollover_cap is not None:
             row = await heartbeating(self._gateway.customer_meter(input.customer_id, rule.meter_id))
@@ -110,6 +113,7 @@ class AllowanceActivities:
             self._gateway.ingest([allowance_event(input, units, external_id)])
         )
         grant.stored_by = outcome.stored_by.isoformat()
+        record_grants([(rule.rule_id, rule.meter, units)])
         grant.already_granted = (
             activity.info().attempt == 1 and outcome.inserted == 0 and outcome.duplicates == 1
         )

@@ -15,26 +15,40 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from activities.gateway import MeterRow, PolarGateway
+from activities.gateway import MeterRow, OrderStamp, PolarGateway
+from polar_credits.decision import explain_order
 from polar_credits.logsafe import shown
 from polar_credits.models import (
+    DecideOrderInput,
+    FetchOrderInput,
+    FirstOrderFact,
+    FirstOrderInput,
     Grant,
     IngestGrantsInput,
     IngestResult,
     MeterCheckInput,
     MeterReading,
     MeterVerification,
+    OrderDecision,
     OrderFacts,
+    PolarErrorType,
     VerifyGrantsInput,
     VerifyGrantsResult,
     order_key,
 )
+from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import RulesFile, decide_grants
+from polar_credits.worker_metrics import record_grants, record_verifications
 
 log = logging.getLogger("polar_credits.activities")
 
 HEARTBEAT_EVERY_SECONDS = 5.0
+# The first-order lookup reads the oldest paid orders a page at a time; almost always the
+# first page decides (only orders made in the same instant need the next).
+FIRST_ORDER_PAGE = 10
+FIRST_ORDER_MAX_PAGES = 10
 FIRST_RECHECK_SECONDS = 2.0
 
 T = TypeVar("T")
@@ -58,11 +72,23 @@ def grant_event(grant: Grant) -> dict:
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+    return _utc(datetime.fromisoformat(value)) if value else None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _earlier(stamp: OrderStamp, mine: datetime | None, order_id: str) -> bool:
+    """`stamp` was made before the order (an order whose time is unknown comes last)."""
+    if mine is None:
+        return True
+    theirs = _utc(stamp.created_at)
+    return theirs < mine or (theirs == mine and stamp.id < order_id)
 
 
 async def heartbeating(work: Awaitable[T], details: object = None) -> T:
@@ -97,7 +123,60 @@ class CreditActivities:
 
     @activity.defn(name="evaluate_rules")
     async def evaluate_rules(self, order: OrderFacts) -> list[Grant]:
+        """The first releases' decision (grants only), for runs started before the record."""
         return decide_grants(self._rules, order)
+
+    @activity.defn(name="decide_order_grants")
+    async def decide_order_grants(self, input: DecideOrderInput) -> OrderDecision:
+        """The decision record: rules version, each rule's verdict and reason, the grants
+        (before per-customer caps, which the order run applies with the ledger)."""
+        decision = explain_order(self._rules, input.order, input.first_order)
+        decision.preview = input.preview
+        return decision
+
+    @activity.defn(name="look_up_first_order")
+    async def look_up_first_order(self, input: FirstOrderInput) -> FirstOrderFact:
+        """Whether the order is the customer's first paid order for its product, from
+        Polar's Orders API. Earlier means an older `created_at`, or the same `created_at` and
+        a smaller order id (Polar does not order ties; this rule makes the answer the same
+        for every order of the tie)."""
+        if input.product_id is None:
+            return FirstOrderFact(first=True)
+        mine = _parse_time(input.created_at)
+        for page in range(1, FIRST_ORDER_MAX_PAGES + 1):
+            stamps = await self._gateway.paid_orders(
+                input.customer_id, input.product_id, page=page, limit=FIRST_ORDER_PAGE
+            )
+            for stamp in stamps:
+                if stamp.id == input.order_id:
+                    continue
+                if _earlier(stamp, mine, input.order_id):
+                    return FirstOrderFact(
+                        first=False,
+                        earlier_order_id=stamp.id,
+                        earlier_created_at=_utc(stamp.created_at).isoformat(),
+                    )
+                if mine is not None and _utc(stamp.created_at) > mine:
+                    return FirstOrderFact(first=True)  # oldest first: nothing earlier follows
+            if len(stamps) < FIRST_ORDER_PAGE:
+                break
+        return FirstOrderFact(first=True)
+
+    @activity.defn(name="fetch_order_facts")
+    async def fetch_order_facts(self, input: FetchOrderInput) -> OrderFacts:
+        """An order from Polar, as the facts a decision reads (a preview by order id). The
+        customer's details in Polar's answer stay here: only the facts are returned."""
+        try:
+            raw = await self._gateway.order(input.order_id)
+        except ApplicationError as exc:
+            if getattr(exc.__cause__, "status_code", None) == 404:
+                raise ApplicationError(
+                    f"Polar has no order {input.order_id}",
+                    type=PolarErrorType.ORDER_NOT_FOUND.value,
+                    non_retryable=True,
+                ) from exc
+            raise
+        return order_facts(PaidOrder.model_validate(raw), self._rules.metadata_keys())
 
     @activity.defn(name="ingest_order_grants")
     async def ingest_order_grants(self, input: IngestGrantsInput) -> IngestResult:
@@ -105,6 +184,7 @@ class CreditActivities:
         so a batch retried after a lost answer grants nothing twice."""
         grants = input.grants
         outcome = await heartbeating(self._gateway.ingest([grant_event(g) for g in grants]))
+        record_grants([(g.rule_id, g.meter, g.units) for g in grants])
         activity.logger.info(
             "grants for order %s confirmed by Polar (%d event(s), in a call of %d)",
             shown(grants[0].order_id) if grants else "-",
@@ -177,6 +257,7 @@ class CreditActivities:
                 break
             await self._sleep_until(_now() + timedelta(seconds=min(interval, remaining)), checks)
             interval = min(interval * 2, input.max_interval_seconds)
+        record_verifications([(r.meter, r.verified) for r in results.values()])
         return VerifyGrantsResult(verifications=[results[m.meter_id] for m in input.meters])
 
     async def _sleep_until(self, when: datetime, checks: dict[str, int]) -> None:
@@ -189,6 +270,7 @@ class CreditActivities:
     @activity.defn(name="ingest_grants")
     async def ingest_grants(self, grants: list[Grant]) -> IngestResult:
         outcome = await self._gateway.ingest([grant_event(g) for g in grants])
+        record_grants([(g.rule_id, g.meter, g.units) for g in grants])
         # The same answer as the new path gives: counts Polar's call cannot attribute are null.
         return IngestResult(
             inserted=outcome.inserted,
@@ -232,6 +314,9 @@ class CreditActivities:
     def all(self) -> list:
         return [
             self.evaluate_rules,
+            self.decide_order_grants,
+            self.look_up_first_order,
+            self.fetch_order_facts,
             self.ingest_order_grants,
             self.verify_grants,
             self.ingest_grants,

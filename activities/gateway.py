@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,12 +32,14 @@ from polar.base import (
     PolarNetworkError,
     PolarRateLimitError,
     PolarServerError,
+    parse_response_json,
 )
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10.errors import HTTPValidationError
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.models import PolarErrorType
+from polar_credits.worker_metrics import GatewayMetrics
 
 log = logging.getLogger("polar_credits.gateway")
 
@@ -211,6 +215,14 @@ class MeterRow:
     modified_at: datetime | None
 
 
+@dataclass
+class OrderStamp:
+    """An order's id and creation time: all the first-order condition reads of it."""
+
+    id: str
+    created_at: datetime
+
+
 # --- The gateway ---------------------------------------------------------------------------
 
 
@@ -232,9 +244,12 @@ class PolarGateway:
     """One per worker process; activities share it. Start-free: its dispatcher starts on
     first use, in the event loop of the caller."""
 
-    def __init__(self, polar: PolarAsync, budget: CallBudget) -> None:
+    def __init__(
+        self, polar: PolarAsync, budget: CallBudget, metrics: GatewayMetrics | None = None
+    ) -> None:
         self._polar = polar
         self._budget = budget
+        self._metrics = metrics or GatewayMetrics()  # no-op unless the worker exports metrics
         watch_polar_clock(polar)
         self._open: list[_IngestRequest] = []  # may be merged with anything
         self._sealed: deque[list[_IngestRequest]] = deque()  # halves of a rejected batch
@@ -277,16 +292,76 @@ class PolarGateway:
         )
         return list(page.items)
 
+    async def paid_orders(
+        self, customer_id: str, product_id: str, *, page: int = 1, limit: int = 10
+    ) -> list[OrderStamp]:
+        """The customer's paid (or since refunded) orders of one product, oldest first: ids
+        and times only (the first-order condition), paced, unbatched."""
+        answer = await self._call(
+            lambda: self._polar.orders.list(
+                customer_id=customer_id,
+                product_id=product_id,
+                status=["paid", "partially_refunded", "refunded"],
+                sorting=["created_at"],
+                page=page,
+                limit=limit,
+            ),
+            "listing the customer's paid orders",
+        )
+        return [OrderStamp(order.id, _moment(order.created_at)) for order in answer.items]
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        """One order as Polar's JSON (it holds the customer's details: callers keep only the
+        facts they need), paced, unbatched."""
+        answer = await self._call(lambda: self._polar.orders.get(order_id), "reading the order")
+        return dataclasses.asdict(answer)  # polar-sdk's models are dataclasses
+
+    async def active_subscriptions(
+        self, product_id: str | None, page: int, limit: int = MAX_READ_CUSTOMERS
+    ) -> dict[str, Any]:
+        """One page of active subscriptions (of one product, or all), oldest first, as
+        Polar's JSON (a backfill's listing), paced, unbatched."""
+        query: dict[str, Any] = {"active": True, "page": page, "limit": limit}
+        query["sorting"] = ["started_at"]
+        if product_id is not None:
+            query["product_id"] = product_id
+        return await self._call(
+            lambda: self._list_json("/v1/subscriptions/", query), "listing active subscriptions"
+        )
+
+    async def paid_orders_since(
+        self, created_after: str, page: int, limit: int = MAX_READ_CUSTOMERS
+    ) -> dict[str, Any]:
+        """One page of the organization's paid orders created after `created_after`, oldest
+        first, as Polar's JSON (reconciliation), paced, unbatched."""
+        query: dict[str, Any] = {"status": "paid", "created_after": created_after}
+        query |= {"page": page, "limit": limit, "sorting": ["created_at"]}
+        return await self._call(
+            lambda: self._list_json("/v1/orders/", query), "listing paid orders"
+        )
+
+    async def _list_json(self, url: str, query: dict[str, Any]) -> dict[str, Any]:
+        # polar-sdk's own client, but read as JSON: its typed models refuse a value Polar adds
+        # later (a new billing reason), which would stop a listing for good; callers read
+        # each item leniently instead.
+        client = self._polar.orders.client
+        request = client.build_request(method="GET", url=url, query_params=query)
+        response = await client.send_request(request)
+        return parse_response_json(response, None, {422: HTTPValidationError})
+
     async def _call(self, send: Callable[[], Awaitable[T]], action: str) -> T:
         """Any other call, paced with the rest but not batched."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
         async def run() -> T:
             try:
-                return await send()
+                answer = await send()
             except Exception as exc:
+                self._metrics.call(action, exc)
                 await self._note_rate_limit(exc)
                 raise polar_failure(exc, action) from exc
+            self._metrics.call(action)
+            return answer
 
         self._calls.append((run, future))
         self._wake()
@@ -318,15 +393,19 @@ class PolarGateway:
         assert self._wakeup is not None
         while True:
             self._wakeup.clear()
-            if not self._has_work():
+            has_work = self._has_work()
+            self._report_waiting()
+            if not has_work:
                 await self._wakeup.wait()
                 continue
+            asked = time.monotonic()
             try:
                 await self._budget.acquire()
             except Exception:  # never let the dispatcher die; callers would wait forever
                 log.exception("could not get a permit to call Polar; trying again")
                 await asyncio.sleep(1.0)
                 continue
+            self._metrics.permit(time.monotonic() - asked)
             # Take the batch only now: whatever arrived while waiting for the permit rides
             # along, which is what makes a burst cost a fraction of a call per grant.
             job = self._next_job()
@@ -335,6 +414,13 @@ class PolarGateway:
             task = asyncio.get_running_loop().create_task(job)
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    def _report_waiting(self) -> None:
+        self._metrics.waiting(
+            ingest=len(self._open) + sum(len(batch) for batch in self._sealed),
+            read=sum(len(customers) for customers in self._reads.values()),
+            call=len(self._calls),
+        )
 
     def _drop_abandoned(self) -> None:
         self._open = [r for r in self._open if not r.future.done()]
@@ -408,6 +494,7 @@ class PolarGateway:
         try:
             response = await self._polar.events.ingest(events=events)
         except Exception as exc:
+            self._metrics.call("ingesting grant events", exc)
             if _is_rejection(exc):
                 self._isolate(live, exc)
                 return
@@ -417,6 +504,7 @@ class PolarGateway:
                 _settle(request.future, error=failure)
             return
         stored_by = polar_time_after_call()
+        self._metrics.call("ingesting grant events")
         log.info(
             "ingested %d event(s) for %d order(s) in one call: inserted=%d duplicates=%d",
             len(events),
@@ -479,12 +567,14 @@ class PolarGateway:
                 customer_id=customer_ids, meter_id=meter_id, limit=MAX_READ_CUSTOMERS
             )
         except Exception as exc:
+            self._metrics.call("reading customer meters", exc)
             await self._note_rate_limit(exc)
             failure = polar_failure(exc, "reading customer meters")
             for requests in waiting.values():
                 for request in requests:
                     _settle(request.future, error=failure)
             return
+        self._metrics.call("reading customer meters")
         rows = {item.customer_id: _meter_row(item) for item in page.items}
         for customer_id, requests in waiting.items():
             for request in requests:
@@ -499,6 +589,12 @@ class PolarGateway:
             _settle(future, error=exc)
         else:
             _settle(future, result=result)
+
+
+def _moment(value: datetime | str) -> datetime:
+    """polar-sdk gives some timestamps as ISO strings; always a UTC-aware datetime."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _is_rejection(exc: Exception) -> bool:

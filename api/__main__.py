@@ -19,6 +19,7 @@ def main() -> int:
     except (SettingsError, RulesError) as exc:
         print(f"polar-credits api: {exc}", file=sys.stderr)
         return 2
+    configure_logging(log_format=settings.credits_log_format)
     # uvicorn with read timeouts on slow clients (api/server.py, README "Operations").
     return serve(app, settings)
 

@@ -14,6 +14,8 @@ from temporalio.client import Client
 
 from api import health, metrics, webhooks
 from api.metrics import Metrics
+from api.operator import backfills, grants, reconcile
+from api.operator.rules import router as rules_router
 from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
 
@@ -55,6 +57,10 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(backfills.router)
+    app.include_router(reconcile.router)
+    app.include_router(grants.router)
+    app.include_router(rules_router)
     _serve_docs_offline(app)
     return app
 

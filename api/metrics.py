@@ -1,74 +1,153 @@
-"""`GET /metrics`: what the webhook edge did, as Prometheus counters, for operators.
+"""`GET /metrics`: what the webhook edge did, in Prometheus' text format, for operators.
 
-Counters live in the process (one API process, one set); scrape every API process.
+Each app holds its own prometheus-client registry (`app.state.metrics`), never the global
+one: metrics live in the process (one API process, one set; scrape every API process), and
+two apps in one process (tests) count apart.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import re
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
+import prometheus_client
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from api.server import SLOW_CLIENTS_CLOSED
+
+# Without this, every counter gets a `_created` twin that nobody alerts on.
+prometheus_client.disable_created_metrics()
 
 router = APIRouter(tags=["operations"])
 
 WEBHOOKS = "polar_credits_webhooks_total"
 UNKNOWN_VALUES = "polar_credits_webhook_unknown_values_total"
 SLOW_CLIENTS = "polar_credits_slow_clients_closed_total"
+DELIVERIES = "polar_credits_webhook_deliveries_total"
+WEBHOOK_SECONDS = "polar_credits_webhook_request_seconds"
+START_ERRORS = "polar_credits_temporal_start_errors_total"
 
-HELP = {
-    WEBHOOKS: "Webhook requests by how they were answered.",
-    UNKNOWN_VALUES: "order.paid deliveries holding a value this release does not know; "
-    "nothing was granted for them.",
-    SLOW_CLIENTS: "Connections closed because a request's headers or body did not arrive "
-    "in time, by phase.",
-}
+# Polar answers within 10 s or retries; the service aims at milliseconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Event types come from signed deliveries (Polar's own list); anything else odd is "other".
+_EVENT_TYPE = re.compile(r"[a-z_]{1,40}(\.[a-z_]{1,40}){1,2}")
+OTHER_EVENT = "other"
+NO_EVENT = "none"  # refused before the event type was read (bad signature, bad body)
+
+
+def event_label(event_type: str | None) -> str:
+    if event_type is None:
+        return NO_EVENT
+    return event_type if _EVENT_TYPE.fullmatch(event_type) else OTHER_EVENT
+
+
+class _SlowClients(Collector):
+    """Counted below the app, by the HTTP protocol (api/server.py), once per process."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            SLOW_CLIENTS,
+            "Connections closed because a request's headers or body did not arrive in time, "
+            "by phase.",
+            labels=["phase"],
+        )
+        for phase, value in sorted(SLOW_CLIENTS_CLOSED.items()):
+            family.add_metric([phase], value)
+        yield family
 
 
 class Metrics:
+    """The API's metrics, in their own registry."""
+
     def __init__(self) -> None:
-        self.counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.webhooks = Counter(
+            WEBHOOKS,
+            "Webhook requests by how they were answered.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            DELIVERIES,
+            "Webhook requests by event type (`none` before it was read, `other` when "
+            "unexpected) and outcome.",
+            ["event_type", "outcome"],
+            registry=self.registry,
+        )
+        self.unknown_values = Counter(
+            UNKNOWN_VALUES,
+            "order.paid deliveries holding a value this release does not know; nothing was "
+            "granted for them.",
+            ["field"],
+            registry=self.registry,
+        )
+        self.start_errors = Counter(
+            START_ERRORS,
+            "Workflow starts or signals Temporal did not take, by run kind and cause.",
+            ["workflow", "cause"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            WEBHOOK_SECONDS,
+            "Time to answer POST /webhooks/polar, from its headers to the answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_SlowClients())
+        self._counters = {
+            WEBHOOKS: self.webhooks,
+            UNKNOWN_VALUES: self.unknown_values,
+            DELIVERIES: self.deliveries,
+            START_ERRORS: self.start_errors,
+        }
 
     def count(self, name: str, **labels: str) -> None:
-        self.counts[(name, tuple(sorted(labels.items())))] += 1
+        self._counters[name].labels(**labels).inc()
+
+    def webhook(self, outcome: str, event_type: str | None) -> None:
+        """One webhook answered: by outcome, and by event type and outcome."""
+        self.webhooks.labels(outcome=outcome).inc()
+        self.deliveries.labels(event_type=event_label(event_type), outcome=outcome).inc()
 
     def value(self, name: str, **labels: str) -> int:
-        return self.counts[(name, tuple(sorted(labels.items())))]
+        sample = self.registry.get_sample_value(name, labels)
+        return int(sample or 0)
 
-    def render(self) -> str:
-        lines = []
-        samples = dict(self.counts)
-        # Counted below the app, by the HTTP protocol (api/server.py).
-        for phase, value in SLOW_CLIENTS_CLOSED.items():
-            samples[(SLOW_CLIENTS, (("phase", phase),))] = value
-        for name in sorted({name for name, _ in samples} | set(HELP)):
-            lines.append(f"# HELP {name} {HELP.get(name, name)}")
-            lines.append(f"# TYPE {name} counter")
-            for (sample, labels), value in sorted(samples.items()):
-                if sample == name:
-                    lines.append(f"{name}{_labels(labels)} {value}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{key}="{_quote(value)}"' for key, value in labels)
-    return "{" + inner + "}"
+class TimedWebhookRoute(APIRoute):
+    """Observes each request's handling time in `polar_credits_webhook_request_seconds`,
+    whatever the answer (an error answer is raised through here)."""
 
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        async def timed(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                return await handler(request)
+            finally:
+                metrics: Metrics = request.app.state.metrics
+                metrics.webhook_seconds.observe(time.perf_counter() - started)
+
+        return timed
 
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
-    summary="Prometheus counters of the webhook edge",
+    response_class=Response,
+    summary="Prometheus metrics of the webhook edge",
 )
-async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(
-        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4"
+async def metrics(request: Request) -> Response:
+    return Response(
+        request.app.state.metrics.render(), media_type=prometheus_client.CONTENT_TYPE_LATEST
     )

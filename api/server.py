@@ -188,6 +188,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
             settings.credits_api_body_timeout_seconds,
         ),
     }
+    if settings.credits_log_format == "json":
+        # uvicorn's own records then reach the root logger's JSON handler, not its text one.
+        options["log_config"] = None
     options.update(overrides)
     return uvicorn.Config(app, **options)
 

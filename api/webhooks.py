@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.requests import ClientDisconnect
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.allowances import AllowanceUnavailable, Delivery, steer_allowance, wants_allowance
 from api.dependencies import SettingsDep, TemporalDep
-from api.metrics import UNKNOWN_VALUES, WEBHOOKS, Metrics
+from api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
 from api.payloads import BadPayload, parse_json
 from polar_credits import search_attributes as sa
 from polar_credits.logsafe import shown
@@ -51,7 +51,7 @@ from polar_credits.settings import Settings
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 log = logging.getLogger("polar_credits.api")
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)
 
 MAX_BODY_BYTES = 1024 * 1024
 HANDLED_EVENTS = frozenset({"order.paid"})
@@ -102,26 +102,12 @@ def workflow_ui_url(settings: Settings, workflow_id: str) -> str:
     return f"{base}/namespaces/{namespace}/workflows/{quote(workflow_id, safe='')}"
 
 
-def start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
-    """Set at start so an operator finds the run in the UI before its first task runs (a
-    subscription's order runs also by the subscription)."""
-    pairs = [SearchAttributePair(sa.CREDIT_STATUS, "pending")]
-    pairs += [
-        SearchAttributePair(key, value)
-        for key, value in sa.identity_values(facts.order_id, facts.customer_id, facts.product_id)
-    ]
-    subscription_id = facts.subscription_id
-    if subscription_id and len(subscription_id) <= sa.MAX_KEYWORD_CHARS:
-        pairs.append(SearchAttributePair(sa.POLAR_SUBSCRIPTION_ID, subscription_id))
-    return pairs
-
-
 def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
 def _refuse(request: Request, status: int, outcome: str, detail: str) -> HTTPException:
-    _metrics(request).count(WEBHOOKS, outcome=outcome)
+    _metrics(request).webhook(outcome, getattr(request.state, "event_type", None))
     return HTTPException(status, detail)
 
 
@@ -174,7 +160,7 @@ def _parse(request: Request, payload: Any, model: type[BaseModel], what: str) ->
 
 
 def _answer(request: Request, answer: WebhookAnswer, status_code: int = 202) -> JSONResponse:
-    _metrics(request).count(WEBHOOKS, outcome=answer.status)
+    _metrics(request).webhook(answer.status, answer.event_type)
     return JSONResponse(status_code=status_code, content=answer.model_dump())
 
 
@@ -269,7 +255,7 @@ async def polar_webhook(
         body = await _read_body(request, settings.credits_api_body_timeout_seconds)
     except ClientDisconnect:
         # The client left: nobody reads an answer, and there is nothing to log.
-        _metrics(request).count(WEBHOOKS, outcome="client_disconnected")
+        _metrics(request).webhook("client_disconnected", None)
         return Response(status_code=400)
     _verify(request, body)
 
@@ -280,6 +266,7 @@ async def polar_webhook(
     event_type = payload.get("type") if isinstance(payload, dict) else None
     if not isinstance(event_type, str):
         raise _refuse(request, 400, "bad_request", "Payload has no event type")
+    request.state.event_type = event_type  # for the metrics of what follows
     rules = request.app.state.rules
     if event_type.startswith("subscription.") and rules is not None and rules.has_cadence_rules():
         return await _steer(request, settings, temporal, event_type, payload)
@@ -363,6 +350,7 @@ async def _deliver(
     try:
         return await steer_allowance(settings, temporal, request.app.state.rules, observation)
     except AllowanceUnavailable as exc:
+        _metrics(request).count(START_ERRORS, workflow="allowance", cause="unavailable")
         subscription_id = observation.facts.subscription_id
         log.warning(
             "subscription %s: Temporal unavailable (%s); asking Polar to retry",
@@ -415,7 +403,7 @@ async def _start(
                 # A run that failed (Polar rejected the grant) may be run again by
                 # redelivering the webhook; a run that granted, or still runs, never is.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                search_attributes=TypedSearchAttributes(start_attributes(facts)),
+                search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
                 rpc_timeout=timedelta(seconds=deadline),
             )
     except WorkflowAlreadyStartedError:
@@ -428,6 +416,7 @@ async def _start(
         return answer
     except RPCError as exc:
         if exc.status in PERMANENT_START_ERRORS:
+            _metrics(request).count(START_ERRORS, workflow="order", cause=exc.status.name.lower())
             return _refusal(event_type, facts.order_id, f"Temporal refused the run: {exc.message}")
         raise _unavailable(request, facts, type(exc).__name__) from None
     except (TimeoutError, RuntimeError) as exc:
@@ -438,6 +427,7 @@ async def _start(
 
 
 def _unavailable(request: Request, facts: OrderFacts, cause: str) -> HTTPException:
+    _metrics(request).count(START_ERRORS, workflow="order", cause=cause)
     log.warning(
         "order %s: Temporal unavailable (%s); asking Polar to retry", shown(facts.order_id), cause
     )

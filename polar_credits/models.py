@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-MetadataValue = str | int | float | bool
+# A metadata value: str, int, float or bool, as JSON carries it. Typed Any because Temporal's
+# converter tries a union's members in order, and its int() turns True into 1 and 1.5 into 1:
+# a rule asking for `true` would never match after the value crossed into a workflow.
+MetadataValue = Any
 
 # Polar's order ids are 36-character UUIDs. Ids, external ids and event metadata derived
 # from an order id must stay within Temporal's and Polar's limits (1,000 bytes for a workflow
@@ -50,6 +54,7 @@ class PolarErrorType(StrEnum):
     RATE_LIMITED = "PolarRateLimited"
     UNAVAILABLE = "PolarUnavailable"
     AUTH = "PolarAuthError"
+    ORDER_NOT_FOUND = "PolarOrderNotFound"  # a preview by order id: Polar has no such order
 
 
 @dataclass
@@ -73,6 +78,9 @@ class OrderFacts:
     seats: int | None = None
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
     created_at: str | None = None
+    # The order's product's and customer's metadata, only the keys the rules name.
+    product_metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    customer_metadata: dict[str, MetadataValue] = field(default_factory=dict)
     # The period a subscription order credits, from its subscription snapshot (UTC, to the
     # second): the billing period, and Polar's separate meter period when it has one.
     subscription_period_start: str | None = None
@@ -112,6 +120,9 @@ class Grant:
     order_id: str
     external_id: str
     reason: str
+    # The rule's stable key (its `key`, else its id), which `external_id` is built from; None
+    # in grants decided before rules had keys (their key was the rule id).
+    rule_key: str | None = None
 
 
 @dataclass
@@ -214,6 +225,133 @@ class OrderCreditsState:
     ingest: IngestResult | None = None
     verifications: list[MeterVerification] = field(default_factory=list)
     failure: str | None = None
+    # Why the order got what it got (runs started before the decision record have none).
+    decision: OrderDecision | None = None
+
+
+# -- the decision record: why an order got what it got (polar_credits/decision.py) -----------
+
+
+@dataclass
+class FirstOrderFact:
+    """Whether the order is the customer's first paid order for its product, as Polar's
+    Orders API answered (earlier = older `created_at`, or the same one and a smaller id)."""
+
+    first: bool
+    earlier_order_id: str | None = None
+    earlier_created_at: str | None = None
+
+    def describe(self) -> str:
+        if self.first:
+            return "first paid order for this product: yes (no earlier paid order)"
+        return (
+            f"first paid order for this product: no: earlier order {self.earlier_order_id} "
+            f"at {self.earlier_created_at}"
+        )
+
+
+@dataclass
+class RuleVerdict:
+    """One rule's verdict on one order, with a one-line reason."""
+
+    rule_id: str
+    key: str
+    matched: bool
+    reason: str
+    units: int = 0  # granted by this rule to this order (after its per-customer cap)
+    # max_units_per_customer, and what the rule had granted the customer before this order.
+    cap: int | None = None
+    granted_before: int | None = None
+
+
+@dataclass
+class OrderDecision:
+    """The decision record: the rules version, each rule's verdict, the facts looked up,
+    and the resulting grants. Recorded in the order run's history and its `state`."""
+
+    order_id: str
+    rules_version: str
+    verdicts: list[RuleVerdict] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+    first_order: FirstOrderFact | None = None
+    # Facts a rule needs that are not looked up yet ("first_order"): look them up, decide again.
+    needs: list[str] = field(default_factory=list)
+    # A preview: nothing granted, nothing reserved; caps shown as they stand now.
+    preview: bool = False
+
+
+@dataclass
+class DecideOrderInput:
+    order: OrderFacts
+    first_order: FirstOrderFact | None = None
+    preview: bool = False
+
+
+@dataclass
+class FirstOrderInput:
+    order_id: str
+    customer_id: str
+    product_id: str | None
+    created_at: str | None
+
+
+@dataclass
+class CapReservation:
+    """Units a capped rule wants for one grant; `grant_id` is the grant's external id, so a
+    retried reservation for the same grant is the same reservation."""
+
+    rule_key: str
+    grant_id: str
+    units: int
+    cap: int
+
+
+@dataclass
+class CapOutcome:
+    rule_key: str
+    grant_id: str
+    wanted: int
+    allowed: int
+    granted_before: int  # the rule's total for the customer before this grant
+    cap: int
+
+
+@dataclass
+class ReserveUnitsInput:
+    customer_id: str
+    reservations: list[CapReservation]
+    # Read the totals only (a preview): nothing reserved.
+    dry_run: bool = False
+
+
+@dataclass
+class ReserveUnitsResult:
+    outcomes: list[CapOutcome] = field(default_factory=list)
+
+
+@dataclass
+class LedgerState:
+    """A customer's ledger of capped grants: its input after continue-as-new, and its query."""
+
+    customer_key: str
+    totals: dict[str, int] = field(default_factory=dict)  # rule key -> units reserved
+    # "<rule key> <grant id>" -> units: a reservation made twice is counted once.
+    reservations: dict[str, int] = field(default_factory=dict)
+    runs: int = 1
+    history_limit: int | None = None  # tests set it low to see continue-as-new happen
+
+
+@dataclass
+class RulesPreviewInput:
+    """A payload's facts, or an order id the worker fetches from Polar."""
+
+    order: OrderFacts | None = None
+    order_id: str | None = None
+
+
+@dataclass
+class FetchOrderInput:
+    order_id: str
 
 
 # -- subscription allowances (rules with `every`) -------------------------------------------
@@ -251,6 +389,9 @@ class SubscriptionFacts:
     ended_at: str | None = None
     seats: int | None = None
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    # The subscription's product's and customer's metadata, only the keys the rules name.
+    product_metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    customer_metadata: dict[str, MetadataValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,6 +417,9 @@ class AllowanceRule:
     units: int | None = None  # fixed units, or units per seat × seats, already multiplied
     top_up_to: int | None = None
     rollover_cap: int | None = None
+    # The rule's stable key, which the period's external id is built from (None: decided
+    # before rules had keys; the rule id was the key).
+    rule_key: str | None = None
 
 
 @dataclass

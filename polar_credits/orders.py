@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from polar_credits.logsafe import shown
 from polar_credits.models import MetadataValue, OrderFacts, SubscriptionFacts
-from polar_credits.rules import BillingReason
+from polar_credits.rules import BillingReason, MetadataKeys
 
 # Order statuses and billing reasons this release knows (POLAR_FACTS.md, "Orders and
 # subscriptions"). Anything else is Polar's news: accepted, granted nothing, counted.
@@ -34,6 +34,15 @@ MAX_METADATA_VALUE_CHARS = 500
 MAX_AMOUNT = 2**53
 
 Amount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
+
+
+class WithMetadata(BaseModel):
+    """An order's or subscription's `product` or `customer` object: only its metadata is
+    read (never the customer's email, name or address)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    metadata: dict[str, Any] | None = None
 
 
 class SubscriptionSnapshot(BaseModel):
@@ -56,6 +65,10 @@ class SubscriptionSnapshot(BaseModel):
     ended_at: datetime | None = None
     seats: Amount | None = None
     metadata: dict[str, Any] | None = None
+    # Present on a `subscription.*` webhook's data; an order's snapshot lacks them (the
+    # order's own `product` and `customer` stand in).
+    product: WithMetadata | None = None
+    customer: WithMetadata | None = None
 
 
 class PolarSubscription(SubscriptionSnapshot):
@@ -95,6 +108,8 @@ class PaidOrder(BaseModel):
     seats: Amount | None = None
     metadata: dict[str, Any] | None = None
     created_at: datetime | None = None
+    product: WithMetadata | None = None
+    customer: WithMetadata | None = None
 
     def unknown_values(self) -> dict[str, str]:
         """Fields whose value this release does not know: nothing is granted for them."""
@@ -105,7 +120,7 @@ class PaidOrder(BaseModel):
             unknown["billing_reason"] = self.billing_reason
         return unknown
 
-    def refusal(self, metadata_keys: frozenset[str]) -> str | None:
+    def refusal(self, metadata_keys: MetadataKeys | frozenset[str]) -> str | None:
         """Why this order can never be processed, or None. Only for values no real Polar
         order has; the answer tells Polar to stop retrying, and operators see it."""
         if len(self.id) > MAX_ORDER_ID_CHARS:
@@ -114,19 +129,28 @@ class PaidOrder(BaseModel):
             value = getattr(self, name)
             if value is not None and len(value) > MAX_REFERENCE_ID_CHARS:
                 return f"{name} is longer than {MAX_REFERENCE_ID_CHARS} characters"
-        for key, value in _allowed_metadata(self.metadata, metadata_keys).items():
-            if isinstance(value, str) and len(value) > MAX_METADATA_VALUE_CHARS:
-                return (
-                    f"metadata {shown(key, 40)!r} is longer than "
-                    f"{MAX_METADATA_VALUE_CHARS} characters"
-                )
+        keys = _keys(metadata_keys)
+        for label, metadata, allowed in (
+            ("metadata", self.metadata, keys.order),
+            ("product metadata", _metadata_of(self.product), keys.product),
+            ("customer metadata", _metadata_of(self.customer), keys.customer),
+        ):
+            for key, value in _allowed_metadata(metadata, allowed).items():
+                if isinstance(value, str) and len(value) > MAX_METADATA_VALUE_CHARS:
+                    return (
+                        f"{label} {shown(key, 40)!r} is longer than "
+                        f"{MAX_METADATA_VALUE_CHARS} characters"
+                    )
         return None
 
 
-def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -> OrderFacts:
-    """`metadata_keys`: the keys the rules name (`RulesFile.metadata_keys`); no other
-    metadata is copied."""
+def order_facts(
+    order: PaidOrder, metadata_keys: MetadataKeys | frozenset[str] = frozenset()
+) -> OrderFacts:
+    """`metadata_keys`: the keys the rules name (`RulesFile.metadata_keys`; a frozenset
+    is order metadata keys only); no other metadata is copied."""
     snapshot = order.subscription or SubscriptionSnapshot()
+    keys = _keys(metadata_keys)
     return OrderFacts(
         order_id=order.id,
         customer_id=order.customer_id,
@@ -143,8 +167,10 @@ def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -
         total_amount=order.total_amount,
         refunded_amount=order.refunded_amount,
         seats=order.seats,
-        metadata=_allowed_metadata(order.metadata, metadata_keys),
+        metadata=_allowed_metadata(order.metadata, keys.order),
         created_at=order.created_at.isoformat() if order.created_at else None,
+        product_metadata=_allowed_metadata(_metadata_of(order.product), keys.product),
+        customer_metadata=_allowed_metadata(_metadata_of(order.customer), keys.customer),
         subscription_period_start=_utc_second(snapshot.current_period_start),
         subscription_meter_period_start=_utc_second(snapshot.current_meter_period_start),
     )
@@ -152,11 +178,14 @@ def order_facts(order: PaidOrder, metadata_keys: frozenset[str] = frozenset()) -
 
 def subscription_facts(
     snapshot: SubscriptionSnapshot,
-    metadata_keys: frozenset[str] = frozenset(),
+    metadata_keys: MetadataKeys | frozenset[str] = frozenset(),
     order: PaidOrder | None = None,
 ) -> SubscriptionFacts:
     """The facts an allowance run decides from; an order's snapshot lacks some of the
-    subscription's ids, which the order itself gives."""
+    subscription's ids and its product and customer, which the order itself gives."""
+    keys = _keys(metadata_keys)
+    product = snapshot.product or (order.product if order else None)
+    customer = snapshot.customer or (order.customer if order else None)
     subscription_id = snapshot.id or (order.subscription_id if order else None)
     customer_id = snapshot.customer_id or (order.customer_id if order else None)
     assert subscription_id and customer_id
@@ -174,8 +203,20 @@ def subscription_facts(
         ends_at=_utc_second(snapshot.ends_at),
         ended_at=_utc_second(snapshot.ended_at),
         seats=snapshot.seats if snapshot.seats is not None else (order.seats if order else None),
-        metadata=_allowed_metadata(snapshot.metadata, metadata_keys),
+        metadata=_allowed_metadata(snapshot.metadata, keys.order),
+        product_metadata=_allowed_metadata(_metadata_of(product), keys.product),
+        customer_metadata=_allowed_metadata(_metadata_of(customer), keys.customer),
     )
+
+
+def _keys(metadata_keys: MetadataKeys | frozenset[str]) -> MetadataKeys:
+    if isinstance(metadata_keys, MetadataKeys):
+        return metadata_keys
+    return MetadataKeys(order=frozenset(metadata_keys))
+
+
+def _metadata_of(holder: WithMetadata | None) -> dict[str, Any] | None:
+    return holder.metadata if holder else None
 
 
 def _utc_second(moment: datetime | None) -> str | None:

@@ -1,6 +1,13 @@
 """The search attributes every crediting run carries: operators find grants in the Temporal UI."""
 
-from temporalio.common import SearchAttributeKey
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair
+
+if TYPE_CHECKING:
+    from polar_credits.models import OrderFacts
 
 POLAR_ORDER_ID = SearchAttributeKey.for_keyword("PolarOrderId")
 POLAR_CUSTOMER_ID = SearchAttributeKey.for_keyword("PolarCustomerId")
@@ -9,6 +16,9 @@ POLAR_PRODUCT_ID = SearchAttributeKey.for_keyword("PolarProductId")
 POLAR_SUBSCRIPTION_ID = SearchAttributeKey.for_keyword("PolarSubscriptionId")
 CREDIT_STATUS = SearchAttributeKey.for_keyword("CreditStatus")
 CREDIT_UNITS = SearchAttributeKey.for_int("CreditUnits")
+# The keys of the rules that granted on an order run (a rule file that drops a key which
+# has granted is refused at start-up: the count of runs by this attribute says so).
+CREDIT_RULE_KEYS = SearchAttributeKey.for_keyword_list("CreditRuleKeys")
 
 ALL = (
     POLAR_ORDER_ID,
@@ -17,12 +27,13 @@ ALL = (
     POLAR_SUBSCRIPTION_ID,
     CREDIT_STATUS,
     CREDIT_UNITS,
+    CREDIT_RULE_KEYS,
 )
 
 
 def dev_server_flags() -> list[str]:
     """`--search-attribute Name=Type` flags that register them on `temporal server start-dev`."""
-    kinds = {"KEYWORD": "Keyword", "INT": "Int"}
+    kinds = {"KEYWORD": "Keyword", "INT": "Int", "KEYWORD_LIST": "KeywordList"}
     return [
         flag
         for key in ALL
@@ -65,3 +76,18 @@ def _within_cap(
     wanted: list[tuple[SearchAttributeKey[str], str | None]],
 ) -> list[tuple[SearchAttributeKey[str], str]]:
     return [(key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS]
+
+
+def order_start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
+    """Set when an order run starts (by the webhook, a rerun or reconciliation), so an operator
+    finds the run in the UI before its first task runs (a subscription's order runs also by
+    the subscription)."""
+    pairs = [SearchAttributePair(CREDIT_STATUS, "pending")]
+    pairs += [
+        SearchAttributePair(key, value)
+        for key, value in identity_values(facts.order_id, facts.customer_id, facts.product_id)
+    ]
+    subscription_id = facts.subscription_id
+    if subscription_id and len(subscription_id) <= MAX_KEYWORD_CHARS:
+        pairs.append(SearchAttributePair(POLAR_SUBSCRIPTION_ID, subscription_id))
+    return pairs

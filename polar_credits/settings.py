@@ -60,10 +60,17 @@ class Settings(BaseSettings):
     credits_operator_token: SecretStr | None = None
     # The reconciliation schedule: how often it lists Polar's paid orders for missed webhooks.
     credits_reconcile_interval_seconds: float = Field(default=600.0, gt=0)
+    # Its first run (no earlier completed run to take the watermark from) looks back this far.
+    credits_reconcile_lookback_seconds: float = Field(default=86400.0, gt=0)
     # The worker's Prometheus endpoint (the SDK's metrics and the service's); 0 = off.
     credits_worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where it listens: loopback by default, like the API; 0.0.0.0 in a container.
+    credits_worker_metrics_host: str = "127.0.0.1"
     # "text" (default) or "json": one JSON object per line, with order and workflow ids.
     credits_log_format: Literal["text", "json"] = "text"
+    # true: the worker accepts a rules file that drops a rule key which has granted while
+    # another rule takes over its products (README, "Renaming a rule: keys").
+    credits_allow_dropped_rule_keys: bool = False
 
     @field_validator(
         "polar_access_token", "polar_webhook_secret", "credits_operator_token", mode="before"

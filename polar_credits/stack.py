@@ -39,6 +39,12 @@ DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 DEFAULT_TEMPORAL_UI_URL = "http://127.0.0.1:8233"
 DEFAULT_STANDIN_PORT = 8900
 DEFAULT_API_PORT = 8000
+# The worker's Prometheus endpoint in `make run` (CREDITS_WORKER_METRICS_PORT; 0 turns it off).
+DEFAULT_WORKER_METRICS_PORT = 9464
+# The operator API's token in `make run` against the stand-in, unless CREDITS_OPERATOR_TOKEN
+# is set: a fixed, printed value, like the stand-in's token. Against real Polar the launcher
+# never invents one: the operator API stays off until you set your own.
+DEV_OPERATOR_TOKEN = "polar-credits-local-operator"
 DEFAULT_DATA_DIR = ".data"
 LOCAL_HOST = "127.0.0.1"
 
@@ -151,6 +157,11 @@ class StackConfig:
     use_standin: bool
     # `make run` keeps Polar's 15 s recomputation lag; the benchmark sets 0.
     standin_balance_lag: int = STANDIN_BALANCE_LAG_SECONDS
+    # `make run` (from_env) defaults to DEFAULT_WORKER_METRICS_PORT; a config built by hand
+    # (benchmarks, several workers on one machine) has none unless it asks.
+    worker_metrics_port: int = 0
+    # "env" (CREDITS_OPERATOR_TOKEN is set), "dev" (DEV_OPERATOR_TOKEN) or None (API off).
+    operator_token_source: str | None = None
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str]) -> StackConfig:
@@ -168,6 +179,17 @@ class StackConfig:
         standin_port = env.get("STANDIN_PORT") or str(DEFAULT_STANDIN_PORT)
         if not standin_port.isdigit():
             raise SettingsError(f"STANDIN_PORT must be a port number, got {standin_port!r}.")
+        metrics_port = (
+            settings.credits_worker_metrics_port
+            if env.get("CREDITS_WORKER_METRICS_PORT")
+            else DEFAULT_WORKER_METRICS_PORT
+        )
+        use_standin = settings.polar_access_token is None
+        operator_token_source = None
+        if settings.credits_operator_token is not None:
+            operator_token_source = "env"
+        elif use_standin:
+            operator_token_source = "dev"
         return cls(
             data_dir=Path(env.get("CREDITS_DATA_DIR") or DEFAULT_DATA_DIR).absolute(),
             temporal_host=host,
@@ -178,7 +200,9 @@ class StackConfig:
             standin_port=int(standin_port),
             api_host=settings.credits_api_host,
             api_port=settings.credits_api_port,
-            use_standin=settings.polar_access_token is None,
+            use_standin=use_standin,
+            worker_metrics_port=metrics_port,
+            operator_token_source=operator_token_source,
         )
 
     @property
@@ -193,6 +217,12 @@ class StackConfig:
     @property
     def standin_url(self) -> str:
         return f"http://{LOCAL_HOST}:{self.standin_port}"
+
+    @property
+    def worker_metrics_url(self) -> str | None:
+        if not self.worker_metrics_port:
+            return None
+        return f"http://{LOCAL_HOST}:{self.worker_metrics_port}/metrics"
 
     @property
     def log_dir(self) -> Path:
@@ -218,8 +248,11 @@ def child_env(settings: Settings, config: StackConfig, env: Mapping[str, str]) -
         TEMPORAL_UI_URL=config.temporal_ui_url,
         CREDITS_API_HOST=config.api_host,
         CREDITS_API_PORT=str(config.api_port),
+        CREDITS_WORKER_METRICS_PORT=str(config.worker_metrics_port),
         PYTHONUNBUFFERED="1",
     )
+    if config.operator_token_source == "dev":
+        child["CREDITS_OPERATOR_TOKEN"] = DEV_OPERATOR_TOKEN
     if config.use_standin:
         child.update(standin_service_env(config.standin_url))
     rules_file = settings.credits_rules_file
@@ -475,6 +508,15 @@ def check_ports_free(config: StackConfig) -> None:
     ]
     if config.use_standin:
         wanted.append((LOCAL_HOST, config.standin_port, "Polar stand-in", "STANDIN_PORT"))
+    if config.worker_metrics_port:
+        wanted.append(
+            (
+                LOCAL_HOST,
+                config.worker_metrics_port,
+                "worker's metrics",
+                "CREDITS_WORKER_METRICS_PORT",
+            )
+        )
     for host, port, what, setting in wanted:
         if port_open(host, port):
             raise StackError(
@@ -541,15 +583,33 @@ def banner(config: StackConfig) -> str:
     ]
     if config.use_standin:
         rows.append(("Polar stand-in", config.standin_url))
+    rows.append(("API metrics", f"{config.api_url}/metrics"))
+    if config.worker_metrics_url:
+        rows.append(("Worker metrics", config.worker_metrics_url))
     rows.append(("Logs", f"{display_path(config.log_dir)}/<name>.log"))
     lines = [f"{READY_LINE} (Ctrl-C stops it)"]
     lines += [f"  {label:<15} {value}" for label, value in rows]
+    lines += operator_lines(config)
     if config.use_standin:
         lines.append("Polar: the local stand-in (set POLAR_ACCESS_TOKEN to use real Polar)")
         lines.append(f"Try a purchase: {demo_command(config)}")
     else:
         lines.append("Polar: the real API (POLAR_ACCESS_TOKEN is set); the demo needs the stand-in")
     return "\n".join(lines)
+
+
+def operator_lines(config: StackConfig) -> list[str]:
+    """How to point the CLI at this stack."""
+    if config.operator_token_source is None:
+        return ["Operator API: off (set CREDITS_OPERATOR_TOKEN to turn it on)"]
+    token = '"$CREDITS_OPERATOR_TOKEN"'  # yours: not printed
+    if config.operator_token_source == "dev":
+        token = DEV_OPERATOR_TOKEN
+    return [
+        "Operator CLI, in another shell:",
+        f"  export CREDITS_API_URL={config.api_url} CREDITS_OPERATOR_TOKEN={token}",
+        f"  {display_path(Path(sys.executable).parent / 'polar-credits')} --help",
+    ]
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:

@@ -345,6 +345,9 @@ async def admin_products(request: Request) -> Response:
     meters = [store.get_meter(str(m)) for m in body.get("metered_meter_ids") or []]
     if None in meters:
         return bad_request("metered_meter_ids must name existing meters", 404)
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        return bad_request("metadata must be an object")
     try:
         row = store.create_product(
             name=body["name"],
@@ -356,6 +359,7 @@ async def admin_products(request: Request) -> Response:
             metered_prices=[
                 {"meter_id": m["id"], "meter_name": m["name"], "price_id": new_id()} for m in meters
             ],
+            metadata=metadata,
         )
     except Conflict as e:
         return bad_request(str(e), 409)

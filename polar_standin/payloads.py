@@ -66,7 +66,7 @@ def meter(row: dict[str, Any]) -> dict[str, Any]:
 def _product_core(row: dict[str, Any]) -> dict[str, Any]:
     recurring = row["recurring_interval"]
     return {
-        "metadata": {},
+        "metadata": row.get("metadata") or {},
         "id": row["id"],
         "created_at": iso(row["created_at"]),
         "modified_at": None,

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS products (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, price_id TEXT NOT NULL,
     price_amount INTEGER NOT NULL, currency TEXT NOT NULL, recurring_interval TEXT,
     created_at REAL NOT NULL, recurring_interval_count INTEGER NOT NULL DEFAULT 1,
-    metered_prices TEXT NOT NULL DEFAULT '[]'
+    metered_prices TEXT NOT NULL DEFAULT '[]', metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, product_id TEXT NOT NULL,
@@ -73,6 +73,7 @@ _ADDED_COLUMNS = {
     "products": {
         "recurring_interval_count": "INTEGER NOT NULL DEFAULT 1",
         "metered_prices": "TEXT NOT NULL DEFAULT '[]'",
+        "metadata": "TEXT NOT NULL DEFAULT '{}'",
     },
     "orders": {
         "status": "TEXT NOT NULL DEFAULT 'paid'",
@@ -261,14 +262,15 @@ class Store:
         id: str | None = None,
         recurring_interval_count: int = 1,
         metered_prices: list[dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         product_id = id or new_id()
         try:
             with self._tx():
                 self._db.execute(
                     "INSERT INTO products (id, name, price_id, price_amount, currency, "
-                    "recurring_interval, created_at, recurring_interval_count, metered_prices) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "recurring_interval, created_at, recurring_interval_count, metered_prices, "
+                    "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         product_id,
                         name,
@@ -279,6 +281,7 @@ class Store:
                         now(),
                         recurring_interval_count,
                         json.dumps(metered_prices or []),
+                        json.dumps(metadata or {}),
                     ),
                 )
         except sqlite3.IntegrityError as e:

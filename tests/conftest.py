@@ -27,6 +27,8 @@ from worker import build_worker
 
 BIN = Path(sys.executable).parent
 WEBHOOK_SECRET = "whsec_test_" + "c2VjcmV0LWZvci10ZXN0cw"
+# The session API's operator token (CREDITS_OPERATOR_TOKEN): the operator API is on in tests.
+OPERATOR_TOKEN = "operator-test-" + "token-0123456789"
 
 # Fixed ids the test rules file refers to; the stand-in creates them with these ids.
 METER_ID = "11111111-0000-4000-8000-00000000a001"
@@ -36,6 +38,9 @@ UNRULED_PRODUCT_ID = "11111111-0000-4000-8000-00000000b003"
 YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b004"
 TEAM_YEARLY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b005"
 PROMO_PRODUCT_ID = "11111111-0000-4000-8000-00000000b006"
+PWYW_PRODUCT_ID = "11111111-0000-4000-8000-00000000b007"
+EDU_PRODUCT_ID = "11111111-0000-4000-8000-00000000b008"
+KIT_PRODUCT_ID = "11111111-0000-4000-8000-00000000b009"
 
 TEST_RULES = f"""
 [meters.api_calls]
@@ -97,6 +102,59 @@ active_from = 2020-01-01T00:00:00Z
 active_until = 2100-01-01T00:00:00Z
 priority = 10
 stop = true
+
+# Rules v2, amounts and product/customer metadata: a pay-what-you-want product (its product
+# metadata says so) grants 10 units a dollar paid, rounded down, at least 5, at most 500; the
+# "Edu pack" grants 20 units to customers whose metadata says edu or nonprofit, 5 otherwise.
+[[rules]]
+id = "pwyw-credits"
+key = "pay-what-you-want"
+meter = "api_calls"
+units_per_currency_unit = 10
+rounding = "down"
+min_units = 5
+max_units = 500
+products = ["{PWYW_PRODUCT_ID}"]
+product_metadata = {{ pwyw = true }}
+
+[[rules]]
+id = "edu-default"
+meter = "api_calls"
+units = 5
+products = ["{EDU_PRODUCT_ID}"]
+
+[[rules]]
+id = "edu-bonus"
+meter = "api_calls"
+units = 20
+products = ["{EDU_PRODUCT_ID}"]
+customer_metadata = {{ segment = {{ in = ["edu", "nonprofit"] }} }}
+priority = 10
+stop = true
+
+# The decision record's conditions on the "Starter kit": 100 welcome units on a customer's
+# first paid order of it, 10 on each later one, and a loyalty bonus of 60 an order, at most
+# 100 per customer (first_order, max_units_per_customer).
+[[rules]]
+id = "kit-welcome"
+meter = "api_calls"
+units = 100
+products = ["{KIT_PRODUCT_ID}"]
+first_order = true
+
+[[rules]]
+id = "kit-repeat"
+meter = "api_calls"
+units = 10
+products = ["{KIT_PRODUCT_ID}"]
+first_order = false
+
+[[rules]]
+id = "kit-loyalty"
+meter = "api_calls"
+units = 60
+products = ["{KIT_PRODUCT_ID}"]
+max_units_per_customer = 100
 """
 
 
@@ -178,6 +236,11 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
             recurring_interval="year",
         )
         process.create_product(name="Promo pack", id=PROMO_PRODUCT_ID, price_amount=2900)
+        process.create_product(
+            name="Pay what you want", id=PWYW_PRODUCT_ID, price_amount=0, metadata={"pwyw": True}
+        )
+        process.create_product(name="Edu pack", id=EDU_PRODUCT_ID, price_amount=900)
+        process.create_product(name="Starter kit", id=KIT_PRODUCT_ID, price_amount=1900)
     except Exception:
         process.stop()
         raise
@@ -225,6 +288,7 @@ async def stack(
         ["-m", "api"],
         env={
             "POLAR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "CREDITS_OPERATOR_TOKEN": OPERATOR_TOKEN,
             "TEMPORAL_ADDRESS": settings.temporal_address,
             "CREDITS_TASK_QUEUE": settings.credits_task_queue,
             "CREDITS_VERIFY_TIMEOUT_SECONDS": str(settings.credits_verify_timeout_seconds),

@@ -315,15 +315,19 @@ def rules_text(*rules: dict) -> str:
     [
         (
             {"units": 5, "units_per_seat": 2},
-            "rule 'r': give exactly one of units, units_per_seat or top_up_to"
-            " (found units, units_per_seat)",
+            "rule 'r': give exactly one of units, units_per_seat, units_per_currency_unit or "
+            "top_up_to (found units, units_per_seat)",
         ),
         (
             {"units": 5, "top_up_to": 100, "every": "1 month"},
-            "rule 'r': give exactly one of units, units_per_seat or top_up_to"
-            " (found units, top_up_to)",
+            "rule 'r': give exactly one of units, units_per_seat, units_per_currency_unit or "
+            "top_up_to (found units, top_up_to)",
         ),
-        ({"every": "1 month"}, "rule 'r': give exactly one of units, units_per_seat or top_up_to"),
+        (
+            {"every": "1 month"},
+            "rule 'r': give exactly one of units, units_per_seat, units_per_currency_unit or "
+            "top_up_to",
+        ),
         ({"top_up_to": 100}, "rule 'r': top_up_to needs a cadence: add every = \"1 month\""),
         (
             {"units": 5, "rollover_cap": 50},

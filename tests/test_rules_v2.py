@@ -158,4 +158,4 @@ def test_the_keys_of_metadata_conditions_are_the_only_metadata_copied() -> None:
         'id = "a"\nunits = 1\nmetadata = { campaign = { in = ["x"] }, ref = { exists = true } }',
         'id = "b"\nunits = 1\nmetadata = { tier = 2 }',
     )
-    assert parse_rules(text).metadata_keys() == {"campaign", "ref", "tier"}
+    assert parse_rules(text).metadata_keys().order == {"campaign", "ref", "tier"}

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -69,6 +70,11 @@ def test_compose_points_the_service_at_the_standin_and_publishes_on_localhost_on
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
+    # What the launcher adds: the worker's metrics endpoint, the operator API's local token.
+    metrics_port = str(stack.DEFAULT_WORKER_METRICS_PORT)
+    assert services["worker"]["environment"]["CREDITS_WORKER_METRICS_PORT"] == metrics_port
+    assert f"127.0.0.1:{metrics_port}:{metrics_port}" in services["worker"]["ports"]
+    assert services["api"]["environment"]["CREDITS_OPERATOR_TOKEN"] == stack.DEV_OPERATOR_TOKEN
 
 
 def test_demo_rules_grant_on_the_standins_seeded_products() -> None:
@@ -273,7 +279,7 @@ def _stop(process: subprocess.Popen, children: list[psutil.Process]) -> None:
 def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_everything(
     tmp_path: Path,
 ) -> None:
-    grpc, ui, standin, api = free_ports(4)
+    grpc, ui, standin, api, metrics = free_ports(5)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("POLAR_", "CREDITS_", "TEMPORAL_", "STANDIN_"))}  # fmt: skip
     env.update(
@@ -281,6 +287,7 @@ def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_ev
         TEMPORAL_UI_URL=f"http://127.0.0.1:{ui}",
         STANDIN_PORT=str(standin),
         CREDITS_API_PORT=str(api),
+        CREDITS_WORKER_METRICS_PORT=str(metrics),
         CREDITS_DATA_DIR=str(tmp_path / "data"),
         PYTHONUNBUFFERED="1",
     )
@@ -338,6 +345,28 @@ def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_ev
         assert re.search(r"\(from the workflow\): 10$", demo.stdout, re.M), shown
         assert re.search(r"\(from the stand-in\): 10$", demo.stdout, re.M), shown
         assert "@example.com" not in shown and "Demo Customer" not in shown
+
+        # The operator can try the CLI with the token the launcher printed, and scrape both.
+        read_until("polar-credits --help", timeout=10)  # the banner's end
+        banner = "".join(output)
+        assert f"CREDITS_OPERATOR_TOKEN={stack.DEV_OPERATOR_TOKEN}" in banner, banner
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "polar-credits"), "backfill", "status", "nope"],
+            cwd=REPO_ROOT,
+            env={**env, "CREDITS_API_URL": f"http://127.0.0.1:{api}",
+                 "CREDITS_OPERATOR_TOKEN": stack.DEV_OPERATOR_TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        # Authorized, and answered: no such backfill (a wrong token would exit 2).
+        assert cli.returncode == 3, cli.stdout + cli.stderr
+        unauthorized = httpx.post(f"http://127.0.0.1:{api}/reconcile", timeout=10)
+        assert unauthorized.status_code == 401, "the operator API is on, behind the token"
+        worker_metrics = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+        assert "polar_credits_grant_events_total{" in worker_metrics
+        api_metrics = httpx.get(f"http://127.0.0.1:{api}/metrics", timeout=10).text
+        assert 'polar_credits_webhook_deliveries_total{event_type="order.paid"' in api_metrics
 
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=90) == 0

@@ -15,9 +15,14 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.credits import CreditActivities
+    from activities.ledger import LedgerActivities
     from polar_credits import search_attributes as sa
+    from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.models import (
+        CapReservation,
         CreditStatus,
+        DecideOrderInput,
+        FirstOrderInput,
         Grant,
         IngestGrantsInput,
         IngestResult,
@@ -27,11 +32,13 @@ with workflow.unsafe.imports_passed_through():
         MeterVerification,
         OrderCreditsInput,
         OrderCreditsState,
+        OrderDecision,
         OrderFacts,
         PolarErrorType,
-        VerifyGrantsInput,
+        ReserveUnitsInput,
         order_key,
     )
+    from workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.
@@ -39,6 +46,10 @@ GATEWAY_PATCH = "polar-gateway"
 # Runs started from here on end `already_granted`, without verifying, when Polar already
 # held every one of their grants (grants of a subscription period are keyed on the period).
 PERIOD_PATCH = "period-grants"
+# Runs started from here on record their decision (rules version, each rule's verdict and
+# reason, the first-order fact, per-customer caps reserved in the customer's ledger) and tag
+# themselves with the keys of the rules that granted.
+DECISION_PATCH = "decision-record"
 
 # Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
 INGEST_RETRY = RetryPolicy(
@@ -50,11 +61,6 @@ INGEST_RETRY = RetryPolicy(
 # A grant may wait for its batch's permit, and for a 429's retry-after, beyond a minute;
 # heartbeats tell Temporal within seconds when its worker died.
 INGEST_TIMEOUT = timedelta(minutes=10)
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-VERIFY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
-VERIFY_SLACK = timedelta(minutes=5)
 # A failed meter read is just a missed check: the polling loop tries again later.
 READ_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -62,6 +68,14 @@ READ_RETRY = RetryPolicy(
     maximum_attempts=3,
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+# Reading Polar's orders and reserving in the ledger: transient trouble only delays the grant.
+LOOKUP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
+)
+LOOKUP_TIMEOUT = timedelta(minutes=2)
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -74,6 +88,7 @@ class OrderCreditsWorkflow:
     def __init__(self) -> None:
         self._state: OrderCreditsState | None = None
         self._published: str | None = None
+        self._reserved: list[CapReservation] = []
 
     @workflow.run
     async def run(self, input: OrderCreditsInput) -> OrderCreditsState:
@@ -87,10 +102,13 @@ class OrderCreditsWorkflow:
         if missing:
             workflow.upsert_search_attributes(missing)
 
-        # A local activity: no server round trip, which matters on a busy cluster.
-        grants: list[Grant] = await workflow.execute_local_activity_method(
-            CreditActivities.evaluate_rules, order, start_to_close_timeout=ACTIVITY_TIMEOUT
-        )
+        if workflow.patched(DECISION_PATCH):
+            grants = await self._decide(order)
+        else:
+            # A local activity: no server round trip, which matters on a busy cluster.
+            grants = await workflow.execute_local_activity_method(
+                CreditActivities.evaluate_rules, order, start_to_close_timeout=ACTIVITY_TIMEOUT
+            )
         self._state.grants = grants
         if not grants:
             self._publish(CreditStatus.NO_RULE)
@@ -110,6 +128,7 @@ class OrderCreditsWorkflow:
                 retry_policy=INGEST_RETRY,
             )
         except ActivityError as err:
+            await self._release_reservations(order)
             self._fail(order, err)
         if workflow.patched(PERIOD_PATCH) and self._state.ingest.granted_before(len(grants)):
             # Another order already credited this subscription period (a re-bill, a retried
@@ -127,6 +146,67 @@ class OrderCreditsWorkflow:
     def state(self) -> OrderCreditsState | None:
         return self._state
 
+    async def _decide(self, order: OrderFacts) -> list[Grant]:
+        """The decision record, then each capped grant cut to what the customer's ledger
+        allows; returns the grants to make."""
+        assert self._state is not None
+        # Local activities: no server round trip, which matters on a busy cluster.
+        decision: OrderDecision = await workflow.execute_local_activity_method(
+            CreditActivities.decide_order_grants,
+            DecideOrderInput(order=order),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+        )
+        try:
+            if decision.needs:
+                # Only when a rule with `first_order` matches on everything else.
+                fact = await workflow.execute_activity_method(
+                    CreditActivities.look_up_first_order,
+                    FirstOrderInput(
+                        order_id=order.order_id,
+                        customer_id=order.customer_id,
+                        product_id=order.product_id,
+                        created_at=order.created_at,
+                    ),
+                    start_to_close_timeout=LOOKUP_TIMEOUT,
+                    retry_policy=LOOKUP_RETRY,
+                )
+                decision = await workflow.execute_local_activity_method(
+                    CreditActivities.decide_order_grants,
+                    DecideOrderInput(order=order, first_order=fact),
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                )
+            reservations = cap_reservations(decision)
+            if reservations:
+                # An update of the customer's ledger run (activities/ledger.py): it serves
+                # the customer's orders one at a time, so two of them never share a cap.
+                reserved = await workflow.execute_activity_method(
+                    LedgerActivities.reserve_capped_units,
+                    ReserveUnitsInput(customer_id=order.customer_id, reservations=reservations),
+                    start_to_close_timeout=LOOKUP_TIMEOUT,
+                    retry_policy=LOOKUP_RETRY,
+                )
+                self._reserved = reservations
+                decision = apply_caps(decision, reserved.outcomes)
+        except ActivityError as err:
+            self._state.decision = decision
+            self._fail(order, err)
+        self._state.decision = decision
+        keys = granted_rule_keys(decision)
+        if keys:
+            workflow.upsert_search_attributes([sa.CREDIT_RULE_KEYS.value_set(keys)])
+        return decision.grants
+
+    async def _release_reservations(self, order: OrderFacts) -> None:
+        """Polar refused the grants: give their units back to the customer's caps."""
+        if not self._reserved:
+            return
+        await workflow.execute_activity_method(
+            LedgerActivities.release_capped_units,
+            ReserveUnitsInput(customer_id=order.customer_id, reservations=self._reserved),
+            start_to_close_timeout=LOOKUP_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+        )
+
     async def _verify(
         self, input: OrderCreditsInput, grants: list[Grant]
     ) -> list[MeterVerification]:
@@ -139,34 +219,9 @@ class OrderCreditsWorkflow:
             MeterGrant(meter=group[0].meter, meter_id=group[0].meter_id, units=_units(group))
             for group in _by_meter(grants)
         ]
-        now = workflow.now()
-        timeout = timedelta(seconds=policy.timeout_seconds)
-        try:
-            result = await workflow.execute_activity_method(
-                CreditActivities.verify_grants,
-                VerifyGrantsInput(
-                    customer_id=input.order.customer_id,
-                    meters=meters,
-                    stored_by=self._state.ingest.stored_by,
-                    check_from=(now + timedelta(seconds=policy.first_interval_seconds)).isoformat(),
-                    deadline=(now + timeout).isoformat(),
-                    max_interval_seconds=policy.max_interval_seconds,
-                ),
-                schedule_to_close_timeout=timeout
-                + timedelta(seconds=policy.first_interval_seconds)
-                + VERIFY_SLACK,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=VERIFY_RETRY,
-            )
-            return result.verifications
-        except Exception as err:  # noqa: BLE001 - any failure here is only a missed check
-            workflow.logger.warning("verification gave up: %s", err)
-            return [
-                MeterVerification(
-                    meter=m.meter, meter_id=m.meter_id, units_granted=m.units, verified=False
-                )
-                for m in meters
-            ]
+        return await verify_meters(
+            input.order.customer_id, meters, self._state.ingest.stored_by, policy
+        )
 
     def _fail(self, order: OrderFacts, err: ActivityError) -> None:
         assert self._state is not None

@@ -1,3 +1,11 @@
 """Imports every command module, so each registers its commands on `app`."""
 
+# One line per module, in any order: each helper appends its own.
+# ruff: noqa: I001
+
 from __future__ import annotations
+
+from polar_credits.cli import backfill  # noqa: E402, F401
+from polar_credits.cli import serve  # noqa: E402, F401
+from polar_credits.cli import rules  # noqa: E402, F401
+from polar_credits.cli import grants  # noqa: E402, F401

@@ -5,6 +5,7 @@ retries afterwards is the one that starts the run, once."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,6 +111,11 @@ async def test_temporal_stopped_answers_503_fast_then_accepts_when_it_returns(
         assert took < POLAR_TIMEOUT_SECONDS - 2, f"answered in {took:.1f} s"
         assert "Temporal" in response.json()["detail"]
         assert (await get(f"{api_url(api)}/readyz")).status_code == 503
+        metrics = (await get(f"{api_url(api)}/metrics")).text
+        deliveries = 'polar_credits_webhook_deliveries_total{event_type="order.paid",'
+        assert deliveries + 'outcome="temporal_unavailable"} 1.0' in metrics, metrics
+        start_error = r'^polar_credits_temporal_start_errors_total\{cause="\w+",workflow="order"'
+        assert re.search(start_error, metrics, re.M), metrics
 
         temporal.start()
         response, _ = await deliver(api_url(api), order_paid(order_id))  # Polar's retry
@@ -203,6 +209,8 @@ async def test_temporal_refusing_a_run_is_not_an_outage(tmp_path: Path) -> None:
         assert (await get(f"{api_url(api)}/readyz")).status_code == 200
         metrics = (await get(f"{api_url(api)}/metrics")).text
         assert 'polar_credits_webhooks_total{outcome="refused"} 1' in metrics
+        refused = '{cause="invalid_argument",workflow="order"} 1.0'
+        assert "polar_credits_temporal_start_errors_total" + refused in metrics, metrics
         assert f"order {order_id}: refused for good" in api.log()
         assert await runs_of(temporal, order_id) == []
     finally:

@@ -313,7 +313,7 @@ async def send(http: httpx.AsyncClient, url: str, delivery: Delivery) -> httpx.R
 def metric(metrics_text: str, sample: str) -> int:
     """The value of one Prometheus sample (`name{label="value"}`), 0 when absent."""
     line = next((x for x in metrics_text.splitlines() if x.startswith(sample + " ")), None)
-    return int(line.rsplit(" ", 1)[1]) if line else 0
+    return int(float(line.rsplit(" ", 1)[1])) if line else 0
 
 
 def counter(metrics_text: str, outcome: str) -> int:

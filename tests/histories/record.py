@@ -36,13 +36,13 @@ from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from activities.credits import grant_event
-from api.webhooks import start_attributes
 from polar_credits import search_attributes
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import decide_grants, parse_rules
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
+    KIT_PRODUCT_ID,
     TEST_RULES,
     UNRULED_PRODUCT_ID,
     WEBHOOK_SECRET,
@@ -97,6 +97,12 @@ SCENARIOS = {
     "verified_lag15": Scenario(
         15, "verified", VerificationPolicy(timeout_seconds=1800, first_interval_seconds=16)
     ),
+    # The decision record (v4 on): the Starter kit's rules look up the first paid order and
+    # reserve a per-customer cap in the customer's ledger; a refused grant gives it back.
+    "kit_first_order_capped": Scenario(0, "verified", product_id=KIT_PRODUCT_ID),
+    "kit_rejected_released": Scenario(
+        0, "failed", product_id=KIT_PRODUCT_ID, customer_exists=False
+    ),
 }
 
 
@@ -134,7 +140,9 @@ async def record(
                 id=order_workflow_id(facts.order_id),
                 task_queue=queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                search_attributes=TypedSearchAttributes(start_attributes(facts)),
+                search_attributes=TypedSearchAttributes(
+                    search_attributes.order_start_attributes(facts)
+                ),
             )
             try:
                 status = (await handle.result()).status

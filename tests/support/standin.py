@@ -167,14 +167,12 @@ class StandinProcess:
         name: str = "Test Buyer",
         id: str | None = None,
         external_id: str | None = None,
+        metadata: dict | None = None,
     ) -> dict:
         """Emails are unique per organization: the default is a fresh one each call."""
         email = email or f"buyer-{uuid.uuid4().hex[:12]}@example.com"
-        return self.admin(
-            "POST",
-            "/admin/customers",
-            {"email": email, "name": name, "id": id, "external_id": external_id},
-        )
+        body = {"email": email, "name": name, "id": id, "external_id": external_id}
+        return self.admin("POST", "/admin/customers", body | {"metadata": metadata or {}})
 
     def create_product(
         self,
@@ -184,6 +182,7 @@ class StandinProcess:
         currency: str = "usd",
         recurring_interval: str | None = None,
         metered_meter_ids: list[str] | None = None,
+        metadata: dict | None = None,
     ) -> dict:
         """`metered_meter_ids`: meters a subscription to it resets at every cycle."""
         return self.admin(
@@ -196,6 +195,7 @@ class StandinProcess:
                 "currency": currency,
                 "recurring_interval": recurring_interval,
                 "metered_meter_ids": metered_meter_ids or [],
+                "metadata": metadata or {},
             },
         )
 

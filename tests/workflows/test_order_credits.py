@@ -15,19 +15,22 @@ from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
 from polar_credits.models import (
+    DecideOrderInput,
     Grant,
     IngestGrantsInput,
     IngestResult,
     MeterVerification,
     OrderCreditsInput,
     OrderCreditsState,
+    OrderDecision,
     OrderFacts,
     PolarErrorType,
     VerificationPolicy,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
-from workflows.order_credits import VERIFY_SLACK, OrderCreditsWorkflow
+from workflows.order_credits import OrderCreditsWorkflow
+from workflows.verification import VERIFY_SLACK
 
 METER_ID = "meter-1"
 
@@ -63,9 +66,11 @@ class FakePolar:
     verify_attempts: int = 0
 
     def activities(self) -> list:
-        @activity.defn(name="evaluate_rules")
-        async def evaluate_rules(order: OrderFacts) -> list[Grant]:
-            return self.grants
+        @activity.defn(name="decide_order_grants")
+        async def decide_order_grants(input: DecideOrderInput) -> OrderDecision:
+            return OrderDecision(
+                order_id=input.order.order_id, rules_version="sha256:test", grants=self.grants
+            )
 
         @activity.defn(name="ingest_order_grants")
         async def ingest_order_grants(input: IngestGrantsInput) -> IngestResult:
@@ -111,7 +116,7 @@ class FakePolar:
                 ]
             )
 
-        return [evaluate_rules, ingest_order_grants, verify_grants]
+        return [decide_order_grants, ingest_order_grants, verify_grants]
 
 
 def order_input(order_id: str, **policy: float) -> OrderCreditsInput:

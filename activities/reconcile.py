@@ -1,0 +1,148 @@
+"""Activities of reconciliation: find where the last run stopped, and list one page of paid
+orders through the gateway, starting the order run of each order that has none.
+
+The order runs start exactly as the webhook starts them (same id, input and search
+attributes), so an order whose webhook did come is only counted: Temporal refuses the second
+run. Only order ids and counts leave these activities.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.credits import heartbeating
+from activities.gateway import PolarGateway
+from polar_credits import search_attributes as sa
+from polar_credits.logsafe import shown
+from polar_credits.models import OrderCreditsInput, OrderFacts, order_key
+from polar_credits.orders import PaidOrder, order_facts
+from polar_credits.reconciliation import (
+    WATERMARK_MEMO,
+    ReconcilePageInput,
+    ReconcilePageResult,
+    Watermark,
+    WatermarkInput,
+)
+from polar_credits.rules import RulesFile
+from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+
+log = logging.getLogger("polar_credits.reconcile")
+
+# The completed runs looked at for the watermark: the latest few are enough (they run every
+# few minutes), and a manual run beside the schedule's may have gone further.
+WATERMARK_RUNS = 20
+START_TIMEOUT = timedelta(seconds=10)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def later(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return a if _time(a) >= _time(b) else b
+
+
+def watermark_query(task_queue: str) -> str:
+    queue = task_queue.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        "WorkflowType = 'ReconcileWorkflow' AND ExecutionStatus = 'Completed' "
+        f"AND TaskQueue = '{queue}'"
+    )
+
+
+class ReconcileActivities:
+    """Holds the Temporal client (to start order runs), the gateway and the rules (for the
+    metadata keys an order's facts may carry); the worker registers its bound methods."""
+
+    def __init__(self, client: Client, gateway: PolarGateway, rules: RulesFile) -> None:
+        self._client = client
+        self._gateway = gateway
+        self._rules = rules
+
+    @activity.defn(name="reconcile_watermark")
+    async def watermark(self, input: WatermarkInput) -> Watermark:
+        """The furthest watermark of the latest completed runs, from their memo (visibility):
+        durable as long as Temporal keeps closed runs (the namespace's retention), far longer
+        than the interval between runs."""
+        best = Watermark()
+        runs = self._client.list_workflows(watermark_query(input.task_queue), limit=WATERMARK_RUNS)
+        async for execution in runs:
+            value = (await execution.memo()).get(WATERMARK_MEMO)
+            if isinstance(value, str) and later(value, best.created_at) == value:
+                best = Watermark(created_at=value, from_run=execution.id)
+        return best
+
+    @activity.defn(name="reconcile_page")
+    async def reconcile_page(self, input: ReconcilePageInput) -> ReconcilePageResult:
+        listing = await heartbeating(
+            self._gateway.paid_orders_since(input.created_after, input.page, input.page_size)
+        )
+        items = [item for item in listing.get("items") or [] if isinstance(item, dict)]
+        pagination = listing.get("pagination") or {}
+        max_page = pagination.get("max_page")
+        result = ReconcilePageResult(
+            orders=len(items),
+            has_more=input.page < max_page
+            if isinstance(max_page, int)
+            else len(items) >= input.page_size,
+        )
+        keys = self._rules.metadata_keys()
+        for item in items:
+            activity.heartbeat()
+            created_at = item.get("created_at")
+            if isinstance(created_at, str):
+                try:
+                    result.latest_created_at = later(created_at, result.latest_created_at)
+                except ValueError:
+                    pass
+            try:
+                order = PaidOrder.model_validate(item)
+            except ValidationError as exc:
+                result.ignored += 1
+                first = exc.errors(include_input=False, include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                log.warning(
+                    "reconcile: an order Polar listed is unreadable: %s: %s", where, first["msg"]
+                )
+                continue
+            if order.status != "paid" or order.unknown_values() or order.refusal(keys):
+                # The webhook path would not start these either (see api/webhooks.py).
+                result.ignored += 1
+                continue
+            if await self._start(order_facts(order, keys), input):
+                result.started.append(order_key(order.id))
+            else:
+                result.already_handled += 1
+        return result
+
+    async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
+        """Start the order's run as the webhook would; False when it already has one."""
+        workflow_id = order_workflow_id(facts.order_id)
+        try:
+            await self._client.start_workflow(
+                OrderCreditsWorkflow.run,
+                OrderCreditsInput(order=facts, verification=input.verification),
+                id=workflow_id,
+                task_queue=input.task_queue,
+                # Unlike a redelivered webhook, a repair never reruns a failed run: that one
+                # was handled (and is visible as failed); `orders rerun` is the operator's.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
+                rpc_timeout=START_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            return False
+        log.info("reconcile: order %s had no run; started %s", shown(facts.order_id), workflow_id)
+        return True
+
+    def all(self) -> list:
+        return [self.watermark, self.reconcile_page]

@@ -1,0 +1,105 @@
+"""`POST /reconcile`, `GET /reconcile/{workflow_id}`: run reconciliation now, and read a run's
+report (the schedule runs it every CREDITS_RECONCILE_INTERVAL_SECONDS anyway).
+
+The API never calls Polar: it starts a ReconcileWorkflow with the schedule's input, and the
+worker lists the paid orders through the gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import BaseModel
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.dependencies import SettingsDep, TemporalDep
+from api.operator.auth import OPERATOR
+from api.webhooks import workflow_ui_url
+from polar_credits.reconcile_schedule import start_reconcile_now
+from polar_credits.reconciliation import RUN_ID_PREFIX
+from workflows.reconcile import ReconcileWorkflow
+
+router = APIRouter(prefix="/reconcile", tags=["reconciliation"], dependencies=[OPERATOR])
+
+TEMPORAL_TIMEOUT = timedelta(seconds=10)
+_STATUS_NAMES = {
+    WorkflowExecutionStatus.RUNNING: "running",
+    WorkflowExecutionStatus.COMPLETED: "completed",
+    WorkflowExecutionStatus.FAILED: "failed",
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.CANCELED: "canceled",
+    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
+}
+
+
+class ReconcileRun(BaseModel):
+    workflow_id: str
+    status: Literal["running", "completed", "failed", "terminated", "canceled", "timed_out"]
+    report: dict[str, Any] | None = None
+    ui_url: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _unavailable(exc: Exception) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unavailable ({type(exc).__name__})"
+    )
+
+
+@router.post(
+    "",
+    response_model=ReconcileRun,
+    status_code=202,
+    summary="Run reconciliation now",
+    responses={503: {"model": Problem, "description": "Temporal is unavailable; try again."}},
+)
+async def reconcile_now(settings: SettingsDep, temporal: TemporalDep) -> ReconcileRun:
+    try:
+        handle = await start_reconcile_now(temporal, settings)
+    except (RPCError, RuntimeError, TimeoutError) as exc:
+        raise _unavailable(exc) from exc
+    return ReconcileRun(
+        workflow_id=handle.id, status="running", ui_url=workflow_ui_url(settings, handle.id)
+    )
+
+
+@router.get(
+    "/{workflow_id}",
+    response_model=ReconcileRun,
+    summary="A reconciliation run: its report once completed",
+    responses={404: {"model": Problem, "description": "No such reconciliation run."}},
+)
+async def reconcile_run(
+    workflow_id: Annotated[str, Path(max_length=300)],
+    settings: SettingsDep,
+    temporal: TemporalDep,
+) -> ReconcileRun:
+    missing = HTTPException(status.HTTP_404_NOT_FOUND, f"No reconciliation run {workflow_id!r}.")
+    if not workflow_id.startswith(RUN_ID_PREFIX):
+        raise missing
+    handle = temporal.get_workflow_handle_for(ReconcileWorkflow.run, workflow_id)
+    try:
+        description = await handle.describe(rpc_timeout=TEMPORAL_TIMEOUT)
+        state = description.status or WorkflowExecutionStatus.RUNNING
+        report = None
+        if state == WorkflowExecutionStatus.COMPLETED:
+            report = asdict(await handle.result(rpc_timeout=TEMPORAL_TIMEOUT))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise missing from None
+        raise _unavailable(exc) from exc
+    except (RuntimeError, TimeoutError) as exc:
+        raise _unavailable(exc) from exc
+    return ReconcileRun(
+        workflow_id=workflow_id,
+        status=_STATUS_NAMES.get(state, "running"),
+        report=report,
+        ui_url=workflow_ui_url(settings, workflow_id),
+    )

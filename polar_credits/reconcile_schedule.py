@@ -1,0 +1,113 @@
+"""The reconciliation schedule: created or brought up to date by every worker at start-up, and
+the same run started at once for the operator API.
+
+Idempotent: any number of workers starting together leave one schedule, `polar-credits-reconcile`,
+with the interval and input of the settings they were started with.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    WorkflowHandle,
+)
+
+from polar_credits.models import VerificationPolicy
+from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
+from polar_credits.settings import Settings
+from workflows.reconcile import ReconcileWorkflow
+
+log = logging.getLogger("polar_credits.reconcile")
+
+# A run that takes longer than this is cut off; the next one starts from the last watermark.
+RUN_TIMEOUT = timedelta(hours=1)
+
+
+def reconcile_input(settings: Settings) -> ReconcileInput:
+    return ReconcileInput(
+        task_queue=settings.credits_task_queue,
+        verification=VerificationPolicy(
+            timeout_seconds=settings.credits_verify_timeout_seconds,
+            first_interval_seconds=settings.credits_verify_first_check_seconds,
+        ),
+        lookback_seconds=settings.credits_reconcile_lookback_seconds,
+    )
+
+
+def reconcile_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            ReconcileWorkflow.run,
+            reconcile_input(settings),
+            id=RUN_ID_PREFIX,  # Temporal appends the scheduled time
+            task_queue=settings.credits_task_queue,
+            execution_timeout=RUN_TIMEOUT,
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(
+                    every=timedelta(seconds=settings.credits_reconcile_interval_seconds)
+                )
+            ]
+        ),
+        # A run still going when the next is due: skip that one (both would list the same
+        # orders).
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """Create the schedule, or update it to these settings when it exists."""
+    schedule = reconcile_schedule(settings)
+    try:
+        await client.create_schedule(SCHEDULE_ID, schedule)
+        log.info(
+            "reconciliation scheduled every %gs (%s)",
+            settings.credits_reconcile_interval_seconds,
+            SCHEDULE_ID,
+        )
+        return
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        # Keep an operator's pause (`temporal schedule toggle`): only spec, action and policy.
+        return ScheduleUpdate(
+            schedule=Schedule(
+                action=schedule.action,
+                spec=schedule.spec,
+                policy=schedule.policy,
+                state=current.description.schedule.state,
+            )
+        )
+
+    await client.get_schedule_handle(SCHEDULE_ID).update(update)
+    log.info(
+        "reconciliation schedule %s updated: every %gs",
+        SCHEDULE_ID,
+        settings.credits_reconcile_interval_seconds,
+    )
+
+
+async def start_reconcile_now(client: Client, settings: Settings) -> WorkflowHandle:
+    """A run now, beside the schedule's (same input): what `POST /reconcile` starts."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return await client.start_workflow(
+        ReconcileWorkflow.run,
+        reconcile_input(settings),
+        id=f"{RUN_ID_PREFIX}-now-{stamp}",
+        task_queue=settings.credits_task_queue,
+        execution_timeout=RUN_TIMEOUT,
+    )

@@ -1,0 +1,89 @@
+"""A dry run of the rules on one order: the decision an order run would record, granting
+nothing and reserving nothing.
+
+Runs in the worker because a preview may need Polar (the order by its id, the first-order
+lookup) and the API never calls Polar itself. Short-lived: the API executes it and waits.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.credits import CreditActivities
+    from activities.ledger import LedgerActivities
+    from polar_credits.decision import apply_caps, cap_reservations
+    from polar_credits.models import (
+        DecideOrderInput,
+        FetchOrderInput,
+        FirstOrderInput,
+        OrderDecision,
+        PolarErrorType,
+        ReserveUnitsInput,
+        RulesPreviewInput,
+    )
+
+# Someone is waiting for the answer: a few quick tries, then say what failed.
+PREVIEW_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=3,
+    non_retryable_error_types=[
+        PolarErrorType.ORDER_NOT_FOUND.value,
+        PolarErrorType.GRANT_REJECTED.value,
+    ],
+)
+PREVIEW_ACTIVITY_TIMEOUT = timedelta(seconds=20)
+
+
+@workflow.defn
+class RulesPreviewWorkflow:
+    @workflow.run
+    async def run(self, input: RulesPreviewInput) -> OrderDecision:
+        order = input.order
+        if order is None:
+            assert input.order_id is not None
+            order = await workflow.execute_activity_method(
+                CreditActivities.fetch_order_facts,
+                FetchOrderInput(order_id=input.order_id),
+                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+                retry_policy=PREVIEW_RETRY,
+            )
+        decide = DecideOrderInput(order=order, preview=True)
+        decision: OrderDecision = await workflow.execute_local_activity_method(
+            CreditActivities.decide_order_grants,
+            decide,
+            start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+        )
+        if decision.needs:
+            decide.first_order = await workflow.execute_activity_method(
+                CreditActivities.look_up_first_order,
+                FirstOrderInput(
+                    order_id=order.order_id,
+                    customer_id=order.customer_id,
+                    product_id=order.product_id,
+                    created_at=order.created_at,
+                ),
+                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+                retry_policy=PREVIEW_RETRY,
+            )
+            decision = await workflow.execute_local_activity_method(
+                CreditActivities.decide_order_grants,
+                decide,
+                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+            )
+        reservations = cap_reservations(decision)
+        if reservations:
+            # Reads the ledger's totals (a query): nothing reserved, no ledger started.
+            totals = await workflow.execute_activity_method(
+                LedgerActivities.reserve_capped_units,
+                ReserveUnitsInput(
+                    customer_id=order.customer_id, reservations=reservations, dry_run=True
+                ),
+                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+                retry_policy=PREVIEW_RETRY,
+            )
+            decision = apply_caps(decision, totals.outcomes)
+        return decision
