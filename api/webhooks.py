@@ -32,6 +32,7 @@ from api.allowances import AllowanceUnavailable, Delivery, steer_allowance, want
 from api.dependencies import SettingsDep, TemporalDep
 from api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
 from api.payloads import BadPayload, parse_json
+from api.problems import Problem
 from polar_credits import search_attributes as sa
 from polar_credits.logsafe import shown
 from polar_credits.models import (
@@ -68,10 +69,6 @@ class WebhookAnswer(BaseModel):
     # The subscription's allowance run this delivery reached (rules with `every`).
     allowance_workflow_id: str | None = None
     detail: str | None = None
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 class PolarEvent(BaseModel):

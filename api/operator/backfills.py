@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits.backfills import (
     BACKFILL_KEY,
@@ -118,10 +119,6 @@ class BackfillView(BaseModel):
         "the final report once `status` is completed.",
     )
     ui_url: str
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 def _meter(request: Request, name: str) -> BackfillMeter:

@@ -37,6 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
@@ -103,10 +104,6 @@ IdValue = Annotated[str, Field(pattern=ID_VALUE)]
 GrantId = Annotated[
     str, Path(min_length=1, max_length=MAX_GRANT_ID_CHARS, description="The run's workflow id")
 ]
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 class GrantSummary(BaseModel):

@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits.reconcile_schedule import start_reconcile_now
 from polar_credits.reconciliation import RUN_ID_PREFIX
@@ -41,10 +42,6 @@ class ReconcileRun(BaseModel):
     status: Literal["running", "completed", "failed", "terminated", "canceled", "timed_out"]
     report: dict[str, Any] | None = None
     ui_url: str
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 def _unavailable(exc: Exception) -> HTTPException:
