@@ -255,6 +255,11 @@ def bench_env(config: StackConfig) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("POLAR_", "CREDITS_", "TEMPORAL_", "STANDIN_"))
     }
+    # Reconciliation off: the benchmarks post made-up orders whose bodies are copied from real
+    # stand-in orders that are never delivered, so a reconciliation run would (rightly) credit
+    # those templates too, at whichever 10-minute mark falls inside the run. The benchmarks
+    # measure the webhook path; tests/e2e/test_reconcile.py and bench.backfill cover the rest.
+    base["CREDITS_RECONCILE_INTERVAL_SECONDS"] = "0"
     # Defaults only (no environment read): the stand-in and the demo rules file.
     return child_env(Settings.model_construct(), config, base)
 

@@ -19,10 +19,12 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
     WorkflowHandle,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits.models import VerificationPolicy
 from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
@@ -68,8 +70,17 @@ def reconcile_schedule(settings: Settings) -> Schedule:
     )
 
 
+# The note of a pause made because the setting turned reconciliation off; a worker started with
+# an interval again lifts this pause (an operator's own pause stays).
+OFF_NOTE = "turned off: a worker started with CREDITS_RECONCILE_INTERVAL_SECONDS=0"
+
+
 async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
-    """Create the schedule, or update it to these settings when it exists."""
+    """Create the schedule, or update it to these settings when it exists; with an interval of
+    0, create none and pause the existing one."""
+    if settings.credits_reconcile_interval_seconds == 0:
+        await _turn_off(client)
+        return
     schedule = reconcile_schedule(settings)
     try:
         await client.create_schedule(SCHEDULE_ID, schedule)
@@ -84,12 +95,12 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
 
     def update(current: ScheduleUpdateInput) -> ScheduleUpdate:
         # Keep an operator's pause (`temporal schedule toggle`): only spec, action and policy.
+        state = current.description.schedule.state
+        if state.paused and state.note == OFF_NOTE:
+            state = ScheduleState(note="turned on again by a worker's settings")
         return ScheduleUpdate(
             schedule=Schedule(
-                action=schedule.action,
-                spec=schedule.spec,
-                policy=schedule.policy,
-                state=current.description.schedule.state,
+                action=schedule.action, spec=schedule.spec, policy=schedule.policy, state=state
             )
         )
 
@@ -99,6 +110,20 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
         SCHEDULE_ID,
         settings.credits_reconcile_interval_seconds,
     )
+
+
+async def _turn_off(client: Client) -> None:
+    handle = client.get_schedule_handle(SCHEDULE_ID)
+    try:
+        described = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            log.info("reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0)")
+            return
+        raise
+    if not described.schedule.state.paused:
+        await handle.pause(note=OFF_NOTE)
+    log.info("reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused", SCHEDULE_ID)
 
 
 async def start_reconcile_now(client: Client, settings: Settings) -> WorkflowHandle:

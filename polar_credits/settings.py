@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     # The operator API (README, "Operator guide"): off while unset; a bearer token otherwise.
     credits_operator_token: SecretStr | None = None
     # The reconciliation schedule: how often it lists Polar's paid orders for missed webhooks.
-    credits_reconcile_interval_seconds: float = Field(default=600.0, gt=0)
+    # 0 turns it off: no schedule is created, and an existing one is paused.
+    credits_reconcile_interval_seconds: float = Field(default=600.0, ge=0)
     # Its first run (no earlier completed run to take the watermark from) looks back this far.
     credits_reconcile_lookback_seconds: float = Field(default=86400.0, gt=0)
     # The worker's Prometheus endpoint (the SDK's metrics and the service's); 0 = off.

@@ -145,6 +145,8 @@ def start_worker(
                 "POLAR_TIMEOUT_SECONDS": "60",
                 "CREDITS_RULES_FILE": str(rules_file),
                 "CREDITS_TASK_QUEUE": f"shutdown-{uuid.uuid4().hex[:8]}",
+                # Not this test's subject: no reconciliation schedule in the shared test server.
+                "CREDITS_RECONCILE_INTERVAL_SECONDS": "0",
                 **env,
             },
             tmp_path / f"worker-{len(started)}.log",

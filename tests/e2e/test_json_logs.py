@@ -89,6 +89,8 @@ async def test_a_worker_logs_json_with_run_ids_escaped_and_no_email(
         "CREDITS_RULES_FILE": str(stack.settings.credits_rules_file),
         "CREDITS_TASK_QUEUE": queue,
         "CREDITS_LOG_FORMAT": "json",
+        # Not this test's subject: no reconciliation schedule in the shared test server.
+        "CREDITS_RECONCILE_INTERVAL_SECONDS": "0",
         "CREDITS_WORKER_METRICS_PORT": str(metrics_port),
         "POLAR_BUDGET_PER_MINUTE": "6000",
     }

@@ -14,7 +14,9 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import ScheduleActionStartWorkflow
+from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from polar_credits.cli import app
@@ -158,5 +160,29 @@ async def test_workers_create_the_schedule_once_and_bring_it_up_to_date(stack: S
         assert (
             input.lookback_seconds == 60 and input.task_queue == stack.settings.credits_task_queue
         )
+    finally:
+        await handle.delete()
+
+
+async def test_an_interval_of_0_turns_reconciliation_off_and_back_on(stack: Stack) -> None:
+    """CREDITS_RECONCILE_INTERVAL_SECONDS=0: a worker creates no schedule and pauses the one
+    there is; a worker started with an interval again lifts that pause (and only that one)."""
+    handle = stack.temporal.get_schedule_handle(SCHEDULE_ID)
+    off = stack.settings.model_copy(update={"credits_reconcile_interval_seconds": 0})
+    hourly = stack.settings.model_copy(update={"credits_reconcile_interval_seconds": 3600})
+    await ensure_reconcile_schedule(stack.temporal, off)
+    with pytest.raises(RPCError) as missing:
+        await handle.describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
+    try:
+        await ensure_reconcile_schedule(stack.temporal, hourly)
+        assert not (await handle.describe()).schedule.state.paused
+        await ensure_reconcile_schedule(stack.temporal, off)
+        assert (await handle.describe()).schedule.state.paused
+        await ensure_reconcile_schedule(stack.temporal, hourly)
+        assert not (await handle.describe()).schedule.state.paused
+        await handle.pause(note="operator pause")
+        await ensure_reconcile_schedule(stack.temporal, hourly)
+        assert (await handle.describe()).schedule.state.paused
     finally:
         await handle.delete()

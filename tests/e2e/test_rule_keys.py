@@ -63,6 +63,8 @@ class Deployment:
             "POLAR_ACCESS_TOKEN": standin.token,
             "POLAR_API_URL": standin.base_url,
             "CREDITS_TASK_QUEUE": self.task_queue,
+            # Not this test's subject: no reconciliation schedule in the shared test server.
+            "CREDITS_RECONCILE_INTERVAL_SECONDS": "0",
         }
         self.processes: list[subprocess.Popen[bytes]] = []
 
