@@ -3,8 +3,8 @@
 1. A private stack with `make run`'s command lines (polar_credits.stack): file-backed Temporal
    dev server, the stand-in with `--preset sandbox` (100 calls a minute for the organization),
    the worker with POLAR_RATE_LIMIT_PER_MINUTE=60, the API with an operator token, on free
-   127.0.0.1 ports, in a temporary directory. The reconciliation schedule is paused (its
-   listings would share the budget with the backfill and blur the figures).
+   127.0.0.1 ports, in a temporary directory. Reconciliation is off, as in every benchmark
+   (bench.pipeline.bench_env): its listings would share the budget and blur the figures.
 2. N customers, each with an active subscription to one product, made through the stand-in's
    admin API (no Polar call, no webhook).
 3. `POST /backfills` for that product. Once about half the customers are granted, the worker
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.client import Client
 
 from bench.burst import ORG_LIMIT_PER_MINUTE, PRESET, SERVICE_BUDGET_PER_MINUTE
 from bench.pipeline import (
@@ -50,7 +49,6 @@ from bench.pipeline import (
     peak_in_window,
     run_guarded,
 )
-from polar_credits.reconciliation import SCHEDULE_ID
 from polar_credits.stack import (
     STANDIN_TOKEN,
     Stack,
@@ -210,8 +208,6 @@ async def run_backfill(
 ) -> Outcome:
     """Steps 2 to 4 on a started stack."""
     outcome = Outcome(customers=n)
-    temporal = await Client.connect(config.temporal_address, namespace=config.namespace)
-    await _pause_reconciliation(temporal)
     headers = {"Authorization": f"Bearer {STANDIN_TOKEN}"}
     async with (
         httpx.AsyncClient(base_url=config.standin_url, timeout=60.0, headers=headers) as standin,
@@ -298,17 +294,6 @@ async def _events(standin: httpx.AsyncClient) -> list[dict[str, Any]]:
 def _ours(events: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     prefix = f"polar-credits:backfill:{key}:customer:"
     return [e for e in events if (e.get("external_id") or "").startswith(prefix)]
-
-
-async def _pause_reconciliation(temporal: Client) -> None:
-    handle = temporal.get_schedule_handle(SCHEDULE_ID)
-    for _ in range(50):  # the worker creates it just after it connects
-        try:
-            await handle.pause(note="bench.backfill: the backfill's calls only")
-            return
-        except Exception:  # noqa: BLE001 - not created yet
-            await asyncio.sleep(0.2)
-    raise StackError(f"the worker did not create the schedule {SCHEDULE_ID}")
 
 
 def _count_grants(
