@@ -78,6 +78,21 @@ from workflows.subscription_allowance import SubscriptionAllowanceWorkflow  # no
 # coroutines, and a renewal wave keeps thousands in flight.
 MAX_CONCURRENT_ACTIVITIES = 10_000
 
+# What the order queue runs; the budget has its own queue. Every one of these has recorded
+# histories that tests/workflows/test_replay.py replays (a test checks that none is missing).
+ORDER_QUEUE_WORKFLOWS = [
+    OrderCreditsWorkflow,
+    SubscriptionAllowanceWorkflow,
+    CustomerLedgerWorkflow,
+    RulesPreviewWorkflow,
+    RulesRegistryWorkflow,
+    BackfillWorkflow,
+    ReconcileWorkflow,
+    ManualGrantWorkflow,
+    RevokeGrantWorkflow,
+]
+BUDGET_QUEUE_WORKFLOWS = [PolarBudgetWorkflow]
+
 # A stop normally takes well under a second, but an unresponsive Temporal can hold the
 # worker's shutdown for minutes. Under `docker stop`'s 10 s and `make run`'s 15 s.
 STOP_TIMEOUT_SECONDS = 8.0
@@ -119,17 +134,7 @@ async def build_worker(
     orders = Worker(
         client,
         task_queue=task_queue,
-        workflows=[
-            OrderCreditsWorkflow,
-            SubscriptionAllowanceWorkflow,
-            CustomerLedgerWorkflow,
-            RulesPreviewWorkflow,
-            RulesRegistryWorkflow,
-            BackfillWorkflow,
-            ReconcileWorkflow,
-            ManualGrantWorkflow,
-            RevokeGrantWorkflow,
-        ],
+        workflows=ORDER_QUEUE_WORKFLOWS,
         activities=[
             *CreditActivities(gateway, rules).all(),
             *AllowanceActivities(gateway, rules).all(),
@@ -141,7 +146,7 @@ async def build_worker(
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
     budget = Worker(
-        client, task_queue=budget_task_queue(task_queue), workflows=[PolarBudgetWorkflow]
+        client, task_queue=budget_task_queue(task_queue), workflows=BUDGET_QUEUE_WORKFLOWS
     )
     try:
         async with budget, orders:

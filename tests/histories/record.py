@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -234,18 +235,31 @@ async def main(release: str, names: list[str]) -> int:
             standin.stop()
         await env.shutdown()
         tmp.cleanup()
-    leaks = privacy_leaks(
+    return report_privacy(
         sorted(HERE.glob("*.json")), [BUYER_NAME, "polar_standin_dev_token", WEBHOOK_SECRET]
     )
+
+
+def report_privacy(paths: list[Path], secrets: list[str]) -> int:
+    """Print the privacy check of freshly recorded histories: 0 when clean, 1 otherwise."""
+    leaks = privacy_leaks(paths, secrets)
     print("privacy check:", "clean" if not leaks else "\n".join(leaks))
     return 1 if leaks else 0
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def recorder_main(
+    doc: str, scenarios: Iterable[str], main: Callable[[str, list[str]], Awaitable[int]]
+) -> None:
+    """The command line every recorder shares: `--release vN [scenario ...]`."""
+    names = list(scenarios)
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--release", required=True, help="e.g. v2: names the files")
-    parser.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(SCENARIOS)}")
+    parser.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(names)}")
     args = parser.parse_args()
-    if unknown := set(args.scenarios) - set(SCENARIOS):
+    if unknown := set(args.scenarios) - set(names):
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    sys.exit(asyncio.run(main(args.release, args.scenarios or list(SCENARIOS))))
+    sys.exit(asyncio.run(main(args.release, args.scenarios or names)))
+
+
+if __name__ == "__main__":
+    recorder_main(__doc__, SCENARIOS, main)

@@ -15,16 +15,13 @@ as they got, which is what a deploy meets.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
-import sys
 import uuid
 from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.histories.record import privacy_leaks, save_history
+from tests.histories.record import recorder_main, report_privacy, save_history
 from tests.workflows import test_subscription_allowance as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes
 
@@ -74,16 +71,8 @@ async def main(release: str, names: list[str]) -> int:
                     await scenarios.STARTED.pop().terminate("recorded")
     finally:
         await env.shutdown()
-    leaks = privacy_leaks(written, [])
-    print("privacy check:", "clean" if not leaks else "\n".join(leaks))
-    return 1 if leaks else 0
+    return report_privacy(written, [])
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", required=True, help="e.g. v1: names the files")
-    parser.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(SCENARIOS)}")
-    args = parser.parse_args()
-    if unknown := set(args.scenarios) - set(SCENARIOS):
-        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    sys.exit(asyncio.run(main(args.release, args.scenarios or list(SCENARIOS))))
+    recorder_main(__doc__, SCENARIOS, main)

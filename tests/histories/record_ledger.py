@@ -30,7 +30,7 @@ from activities.ledger import LedgerActivities
 from polar_credits import search_attributes
 from polar_credits.models import CapReservation, LedgerState, ReserveUnitsInput
 from tests.conftest import temporal_binary
-from tests.histories.record import privacy_leaks, save_history
+from tests.histories.record import report_privacy, save_history
 from workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
 
 HERE = Path(__file__).parent
@@ -109,9 +109,7 @@ async def main(release: str) -> int:
             await handle.terminate("recorded")
     finally:
         await env.shutdown()
-    leaks = privacy_leaks(written, [])
-    print("privacy check:", "clean" if not leaks else "\n".join(leaks))
-    return 1 if leaks else 0
+    return report_privacy(written, [])
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ tests/workflows/test_manual_grant.py, and writes `<workflow>_<release>_<scenario
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.operator import BALANCE_UNREADABLE
 from polar_credits.models import PolarErrorType
 from polar_credits.operator_grants import manual_grant_workflow_id, revoke_workflow_id
-from tests.histories.record import privacy_leaks, save_history
+from tests.histories.record import recorder_main, report_privacy, save_history
 from tests.workflows import test_manual_grant as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes
 from workflows.manual_grant import ManualGrantWorkflow
@@ -109,16 +106,8 @@ async def main(release: str, names: list[str]) -> int:
             print(f"{path.name}: {len(history.events)} events", flush=True)
     finally:
         await env.shutdown()
-    leaks = privacy_leaks(written, [])
-    print("privacy check:", "clean" if not leaks else "\n".join(leaks))
-    return 1 if leaks else 0
+    return report_privacy(written, [])
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", required=True, help="e.g. v1: names the files")
-    parser.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(SCENARIOS)}")
-    args = parser.parse_args()
-    if unknown := set(args.scenarios) - set(SCENARIOS):
-        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    sys.exit(asyncio.run(main(args.release, args.scenarios or list(SCENARIOS))))
+    recorder_main(__doc__, SCENARIOS, main)
