@@ -32,7 +32,7 @@ from pathlib import Path
 
 from polar.v2026_10 import PolarAsync
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
@@ -238,6 +238,20 @@ async def main(release: str, names: list[str]) -> int:
     return report_privacy(
         sorted(HERE.glob("*.json")), [BUYER_NAME, "polar_standin_dev_token", WEBHOOK_SECRET]
     )
+
+
+async def every_run(client: Client, workflow_id: str) -> list[WorkflowHandle]:
+    """Each run of one workflow id, oldest first (a chain of continue-as-new)."""
+    latest = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    for _ in range(100):  # visibility lags the runs a little
+        runs = [
+            (execution.start_time, execution.run_id)
+            async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'")
+        ]
+        if latest in {run_id for _, run_id in runs}:
+            break
+        await asyncio.sleep(0.1)
+    return [client.get_workflow_handle(workflow_id, run_id=run_id) for _, run_id in sorted(runs)]
 
 
 def report_privacy(paths: list[Path], secrets: list[str]) -> int:

@@ -30,7 +30,7 @@ from activities.ledger import LedgerActivities
 from polar_credits import search_attributes
 from polar_credits.models import CapReservation, LedgerState, ReserveUnitsInput
 from tests.conftest import temporal_binary
-from tests.histories.record import report_privacy, save_history
+from tests.histories.record import every_run, report_privacy, save_history
 from workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
 
 HERE = Path(__file__).parent
@@ -77,7 +77,6 @@ async def main(release: str) -> int:
             await env.client.execute_update_with_start_workflow(
                 CustomerLedgerWorkflow.reserve, first, start_workflow_operation=start
             )
-            first_run = (await start.workflow_handle()).result_run_id
             ledger = LedgerActivities(env.client, queue)
             for n in range(2, 8):
                 wanted = reservation(n)
@@ -92,16 +91,8 @@ async def main(release: str) -> int:
             state = await handle.query(CustomerLedgerWorkflow.state)
             assert state.runs > 1, state
             assert state.totals == {"kit-loyalty": 100}, state
-            last_run = (await handle.describe()).run_id
-            runs = [first_run]
-            async for execution in env.client.list_workflows(f"WorkflowId = '{workflow_id}'"):
-                if execution.run_id not in runs and execution.run_id != last_run:
-                    runs.append(execution.run_id)
-            runs.append(last_run)
-            for n, run_id in enumerate(dict.fromkeys(runs)):
-                history = await env.client.get_workflow_handle(
-                    workflow_id, run_id=run_id
-                ).fetch_history()
+            for n, run in enumerate(await every_run(env.client, workflow_id)):
+                history = await run.fetch_history()
                 path = HERE / f"customer_ledger_{release}_{n + 1}.json"
                 save_history(history, path)
                 written.append(path)

@@ -46,7 +46,7 @@ from polar_credits.models import (
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState
 from tests.conftest import temporal_binary
-from tests.histories.record import recorder_main, report_privacy, save_history
+from tests.histories.record import every_run, recorder_main, report_privacy, save_history
 from tests.workflows import test_backfill as backfill_tests
 from tests.workflows import test_order_decision as decision_tests
 from tests.workflows import test_reconcile as reconcile_tests
@@ -69,20 +69,6 @@ class Recorded:
 
 
 Scenario = Callable[[Client, str], Awaitable[Recorded]]
-
-
-async def every_run(client: Client, workflow_id: str) -> list[WorkflowHandle]:
-    """Each run of one workflow id, oldest first (a chain of continue-as-new)."""
-    latest = (await client.get_workflow_handle(workflow_id).describe()).run_id
-    for _ in range(100):  # visibility lags the runs a little
-        runs = [
-            (execution.start_time, execution.run_id)
-            async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'")
-        ]
-        if latest in {run_id for _, run_id in runs}:
-            break
-        await asyncio.sleep(0.1)
-    return [client.get_workflow_handle(workflow_id, run_id=run_id) for _, run_id in sorted(runs)]
 
 
 async def until_idle(client: Client, workflow_id: str) -> None:
