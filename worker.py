@@ -62,6 +62,7 @@ from polar_credits.rule_keys import (  # noqa: E402
 )
 from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
+from polar_credits.temporal_client import connect_temporal  # noqa: E402
 from polar_credits.worker_metrics import GatewayMetrics, client_meter, worker_runtime  # noqa: E402
 from workflows.backfill import BackfillWorkflow  # noqa: E402
 from workflows.customer_ledger import CustomerLedgerWorkflow  # noqa: E402
@@ -258,11 +259,7 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
             settings.credits_worker_metrics_host,
             settings.credits_worker_metrics_port,
         )
-    connecting = asyncio.ensure_future(
-        Client.connect(
-            settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime
-        )
-    )
+    connecting = asyncio.ensure_future(connect_temporal(settings, runtime=runtime))
     stopping = asyncio.ensure_future(stop.event.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()

@@ -18,6 +18,7 @@ from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
 from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
+from polar_credits.temporal_client import connect_temporal
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -34,9 +35,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.temporal = temporal or await Client.connect(
-            settings.temporal_address, namespace=settings.temporal_namespace, lazy=True
-        )
+        app.state.temporal = temporal or await connect_temporal(settings, lazy=True)
         yield
 
     app = FastAPI(
