@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import delivery, lifecycle, metering, payloads, ratelimit
+from polar_standin import delivery, endpoints, lifecycle, metering, payloads, ratelimit
 from polar_standin.clock import Clock, install, iso, now, parse_iso
 from polar_standin.faults import (
     Fault,
@@ -187,6 +187,42 @@ async def meters_list(request: Request, page: PageQ = 1, limit: LimitQ = 10) -> 
     return payloads.page([payloads.meter(r) for r in rows], total, limit)
 
 
+@api.post("/meters/")
+async def meters_create(request: Request) -> Response:
+    """Polar's POST /v1/meters/ (scope meters:write): 201 with the meter, 422 on a bad body."""
+    body = await _json(request)
+    name = body.get("name")
+    if not isinstance(name, str) or len(name) < 3:
+        message = "String should have at least 3 characters"
+        return unprocessable([error(["body", "name"], message, "string_too_short")])
+    if problem := metering.validate_filter(body.get("filter")):
+        return unprocessable([error(["body", "filter"], problem, "value_error")])
+    aggregation = body.get("aggregation")
+    if problem := _aggregation_problem(aggregation):
+        return unprocessable([error(["body", "aggregation"], problem, "value_error")])
+    if body.get("organization_id") is not None:
+        # An organization token implies its organization (POLAR_FACTS.md, ingest: the same).
+        return unprocessable(
+            [error(["body", "organization_id"], "Setting organization_id is disallowed when "
+                   "using an organization token.", "organization_token")]
+        )  # fmt: skip
+    row = _store(request).create_meter(name=name, filter=body["filter"], aggregation=aggregation)
+    return JSONResponse(payloads.meter(row), status_code=201)
+
+
+def _aggregation_problem(aggregation: Any) -> str | None:
+    if not isinstance(aggregation, dict):
+        return "aggregation is required"
+    func = aggregation.get("func")
+    if func == "count":
+        return None
+    if func not in ("sum", "max", "min", "avg", "unique"):
+        return f"unknown aggregation function {func!r}"
+    if not isinstance(aggregation.get("property"), str) or not aggregation["property"]:
+        return f"a {func} aggregation needs a property"
+    return None
+
+
 @api.get("/meters/{meter_id}")
 async def meters_get(request: Request, meter_id: str) -> Response:
     row = _store(request).get_meter(meter_id)
@@ -341,6 +377,12 @@ async def admin_products(request: Request) -> Response:
         return bad_request("name is required")
     if body.get("recurring_interval") not in (None, "day", "week", "month", "year"):
         return bad_request("recurring_interval must be day, week, month, year or null")
+    # A meter cycle of its own (Polar's `meter_interval`), on recurring products only.
+    meter_interval = body.get("meter_interval")
+    if meter_interval not in (None, "day", "week", "month", "year"):
+        return bad_request("meter_interval must be day, week, month, year or null")
+    if meter_interval is not None and body.get("recurring_interval") is None:
+        return bad_request("meter_interval needs a recurring product")
     store = _store(request)
     meters = [store.get_meter(str(m)) for m in body.get("metered_meter_ids") or []]
     if None in meters:
@@ -360,6 +402,10 @@ async def admin_products(request: Request) -> Response:
                 {"meter_id": m["id"], "meter_name": m["name"], "price_id": new_id()} for m in meters
             ],
             metadata=metadata,
+            meter_interval=meter_interval,
+            meter_interval_count=int(body.get("meter_interval_count") or 1)
+            if meter_interval
+            else None,
         )
     except Conflict as e:
         return bad_request(str(e), 409)
@@ -560,6 +606,7 @@ def create_app(config: StandinConfig) -> FastAPI:
 
     app.include_router(api)
     app.include_router(admin)
+    endpoints.install(app)  # before delivery: its GET routes list the registered endpoints
     delivery.install(app, timeout=config.webhook_timeout, retry_scale=config.webhook_retry_scale)
     ratelimit.install(app, config.rate_limit)
     lifecycle.install(app)

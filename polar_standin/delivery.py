@@ -18,7 +18,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import payloads
+from polar_standin import endpoints, payloads
 from polar_standin.clock import iso, now, wall
 from polar_standin.deliverylog import ENDPOINT_ID, DeliveryLog
 from polar_standin.seed import ORGANIZATION_ID
@@ -321,18 +321,27 @@ async def events_redeliver(request: Request, event_id: str) -> Response:
 
 @api.get("/endpoints")
 @api.get("/endpoints/")
-async def endpoints_list(request: Request, page: int = 1, limit: int = 10) -> dict:
+async def endpoints_list(
+    request: Request,
+    page: Annotated[int, Query(ge=1)] = 1,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    """The configured target first (as ever), then the endpoints registered through the API."""
     engine = _engine(request)
-    items = [endpoint_json(engine)] if engine.dispatcher.target.url and page == 1 else []
-    return payloads.page(items, len(items), limit)
+    items = [endpoint_json(engine)] if engine.dispatcher.target.url else []
+    items += [endpoints.endpoint_json(row) for row in request.app.state.endpoints.list()]
+    return payloads.page(items[(page - 1) * limit : page * limit], len(items), limit)
 
 
 @api.get("/endpoints/{endpoint_id}")
 async def endpoints_get(request: Request, endpoint_id: str) -> Response:
     engine = _engine(request)
-    if endpoint_id != ENDPOINT_ID or not engine.dispatcher.target.url:
+    if endpoint_id == ENDPOINT_ID and engine.dispatcher.target.url:
+        return JSONResponse(endpoint_json(engine))
+    registered = request.app.state.endpoints.get(endpoint_id)
+    if registered is None:
         return JSONResponse({"error": "ResourceNotFound", "detail": "Not found"}, status_code=404)
-    return JSONResponse(endpoint_json(engine))
+    return JSONResponse(endpoints.endpoint_json(registered))
 
 
 @admin.get("/webhook-target")

@@ -79,8 +79,8 @@ def _product_core(row: dict[str, Any]) -> dict[str, Any]:
         "recurring_interval_count": (row.get("recurring_interval_count") or 1)
         if recurring
         else None,
-        "meter_interval": None,
-        "meter_interval_count": None,
+        "meter_interval": row.get("meter_interval"),
+        "meter_interval_count": row.get("meter_interval_count"),
         "is_recurring": recurring is not None,
         "is_archived": False,
         "organization_id": ORGANIZATION_ID,

@@ -74,6 +74,9 @@ _ADDED_COLUMNS = {
         "recurring_interval_count": "INTEGER NOT NULL DEFAULT 1",
         "metered_prices": "TEXT NOT NULL DEFAULT '[]'",
         "metadata": "TEXT NOT NULL DEFAULT '{}'",
+        # Polar's meter cycle of its own (`meter_interval`): resets meters between renewals.
+        "meter_interval": "TEXT",
+        "meter_interval_count": "INTEGER",
     },
     "orders": {
         "status": "TEXT NOT NULL DEFAULT 'paid'",
@@ -263,6 +266,8 @@ class Store:
         recurring_interval_count: int = 1,
         metered_prices: list[dict[str, Any]] | None = None,
         metadata: dict[str, Any] | None = None,
+        meter_interval: str | None = None,
+        meter_interval_count: int | None = None,
     ) -> dict[str, Any]:
         product_id = id or new_id()
         try:
@@ -270,7 +275,8 @@ class Store:
                 self._db.execute(
                     "INSERT INTO products (id, name, price_id, price_amount, currency, "
                     "recurring_interval, created_at, recurring_interval_count, metered_prices, "
-                    "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "metadata, meter_interval, meter_interval_count) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         product_id,
                         name,
@@ -282,6 +288,8 @@ class Store:
                         recurring_interval_count,
                         json.dumps(metered_prices or []),
                         json.dumps(metadata or {}),
+                        meter_interval,
+                        meter_interval_count,
                     ),
                 )
         except sqlite3.IntegrityError as e:
