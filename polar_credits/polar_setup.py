@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import re
 import typing
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from polar.base import PolarClientError, PolarRateLimitError
 from polar.v2026_10 import PolarAsync
@@ -367,6 +369,9 @@ async def _plan_webhook(polar: PolarAsync, request: SetupRequest, plan: Plan) ->
         plan.add("webhook", "skip", "no --webhook-url: the webhook endpoint is not checked")
         return
     url = request.webhook_url.strip()
+    if problem := webhook_url_problem(url):
+        plan.add("webhook", "problem", f"{url}: {problem}")
+        return
     events = wanted_events(request.rules)
     plan.webhook = WebhookPlan(url=url, events=events)
     if request.rules is None:
@@ -417,6 +422,24 @@ async def _plan_webhook(polar: PolarAsync, request: SetupRequest, plan: Plan) ->
             f"{len(same) - 1} other endpoint(s) with this URL ({others}): each event is "
             "delivered once per endpoint; delete the extra ones in Polar's dashboard",
         )
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """What Polar would refuse (server/polar/webhook/schemas.py), found before any change."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return "Polar takes only https:// URLs"
+    host = parts.hostname
+    try:
+        local = not ipaddress.ip_address(host).is_global
+    except ValueError:
+        local = host == "localhost"
+    if local:
+        return (
+            "Polar refuses webhook URLs to localhost or private addresses: give the API's "
+            "public https URL (for a machine of your own, a tunnel)"
+        )
+    return None
 
 
 def _plan_rules_file(request: SetupRequest, plan: Plan) -> None:

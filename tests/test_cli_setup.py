@@ -202,3 +202,25 @@ def test_a_bad_token_gives_one_clear_message(standin: StandinProcess) -> None:
     assert "Traceback" not in result.stderr
     assert "polar_oat_wrong" not in result.stdout + result.stderr
     assert polar_state(standin) == before
+
+
+def test_a_webhook_url_polar_would_refuse_stops_the_run_before_any_change(
+    standin: StandinProcess,
+) -> None:
+    local = "https://127.0.0.1:8000/webhooks/polar"
+    # Polar (and the stand-in) refuse it...
+    refused = httpx.post(
+        f"{standin.base_url}/v1/webhooks/endpoints",
+        json={"url": local, "format": "raw", "events": ["order.paid"]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert refused.status_code == 422
+    # ...so setup says so before it creates the meter, instead of halfway through.
+    before = polar_state(standin)
+    result = setup_cli(standin, "--json", "--webhook-url", local, *NEW_METER)
+    assert result.exit_code == ExitCode.FAILED
+    plan = json.loads(result.stdout)
+    assert actions(plan, "webhook") == ["problem"]
+    assert "localhost or private" in plan["steps"][-1]["detail"]
+    assert plan["changed"] is False
+    assert polar_state(standin) == before

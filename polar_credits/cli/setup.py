@@ -97,8 +97,6 @@ def setup(
             request.rules = load_rules(rules_path)
         except RulesError as exc:
             fail(str(exc), ExitCode.USAGE)
-    if webhook_url is not None and not webhook_url.strip().startswith("https://"):
-        fail("--webhook-url must be an https:// URL: Polar takes no other", ExitCode.USAGE)
     plan = asyncio.run(_run(settings, request, dry_run=dry_run))
     _report(plan, settings, dry_run=dry_run, show_secret=show_secret, as_json=as_json,
             from_rules=request.rules is not None)  # fmt: skip
