@@ -13,7 +13,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import delivery, endpoints, lifecycle, metering, payloads, ratelimit
+from polar_standin import (
+    delivery,
+    endpoints,
+    lifecycle,
+    metering,
+    payloads,
+    ratelimit,
+    scopes,
+)
 from polar_standin.clock import Clock, install, iso, now, parse_iso
 from polar_standin.faults import (
     Fault,
@@ -43,6 +51,8 @@ class StandinConfig:
     webhook_retry_scale: float = 1.0  # multiplies Polar's retry waits (tests: 0.001)
     rate_limit: int = ratelimit.DEFAULT_PER_MINUTE
     faults: list[Fault] = field(default_factory=list)  # armed at start-up
+    # More organization tokens, each with its own scopes (STANDIN_SCOPED_TOKENS; scopes.py).
+    scoped_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def not_found() -> JSONResponse:
@@ -580,6 +590,7 @@ def create_app(config: StandinConfig) -> FastAPI:
     for fault in config.faults:
         app.state.faults.add(fault)
     expected = f"Bearer {config.token}".encode()
+    scoped = {f"Bearer {token}".encode(): found for token, found in config.scoped_tokens.items()}
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -590,7 +601,7 @@ def create_app(config: StandinConfig) -> FastAPI:
         started = time.monotonic()
         path = request.url.path
         endpoint = endpoint_name(request.method, path)
-        response = await _gate(request, call_next, endpoint, expected)
+        response = await _gate(request, call_next, endpoint, expected, scoped)
         if endpoint is not None:
             app.state.faults.record(endpoint, response.status_code)
         response.headers["date"] = formatdate(now(), usegmt=True)
@@ -614,16 +625,27 @@ def create_app(config: StandinConfig) -> FastAPI:
 
 
 async def _gate(
-    request: Request, call_next: Any, endpoint: str | None, expected: bytes
+    request: Request,
+    call_next: Any,
+    endpoint: str | None,
+    expected: bytes,
+    scoped: dict[bytes, frozenset[str]],
 ) -> Response:
     path = request.url.path
     if path.startswith(("/v1/", "/admin/")):
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected):
-            return JSONResponse(
-                {"error": "Unauthorized", "detail": "Missing or invalid bearer token"},
-                status_code=401,
+            granted = next(
+                (found for token, found in scoped.items() if hmac.compare_digest(given, token)),
+                None,
             )
+            if granted is None or not path.startswith("/v1/"):
+                return JSONResponse(
+                    {"error": "Unauthorized", "detail": "Missing or invalid bearer token"},
+                    status_code=401,
+                )
+            if (refused := scopes.refusal(request.method, path, granted)) is not None:
+                return refused
     if path.startswith("/v1/") and (wait := request.app.state.rate_limit.check()) is not None:
         return ratelimit.too_many(wait)
     length = request.headers.get("content-length")

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from polar_standin import scopes
 from polar_standin.faults import startup_faults
 from polar_standin.ratelimit import PRESETS
 
@@ -57,4 +58,6 @@ def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "webhook_retry_scale": args.webhook_retry_scale,
         "rate_limit": args.rate_limit if args.rate_limit is not None else PRESETS[args.preset],
         "faults": startup_faults(args.fault, args.faults_file, os.environ.get("STANDIN_FAULTS")),
+        # Tokens only through the environment: command lines are visible to every user.
+        "scoped_tokens": scopes.parse(os.environ.get("STANDIN_SCOPED_TOKENS")),
     }
