@@ -182,6 +182,8 @@ def _detail(exc: PolarClientError) -> str:
 async def make_plan(polar: PolarAsync, request: SetupRequest) -> Plan:
     plan = Plan()
     await _check_token(polar, request, plan)
+    if plan.problems:  # a missing scope: the reads below could fail, and nothing will change
+        return plan
     await _plan_meters(polar, request, plan)
     await _check_products(polar, plan)
     await _plan_webhook(polar, request, plan)

@@ -224,3 +224,39 @@ def test_a_webhook_url_polar_would_refuse_stops_the_run_before_any_change(
     assert "localhost or private" in plan["steps"][-1]["detail"]
     assert plan["changed"] is False
     assert polar_state(standin) == before
+
+
+def test_a_token_without_the_needed_scopes_is_reported_and_nothing_changes(
+    tmp_path: Path,
+) -> None:
+    limited = "polar_oat_limited_scopes"
+    read_only = "polar_oat_service_scopes_only"
+    scoped = {
+        limited: "meters:read products:read webhooks:read events:read",
+        # What the service needs, but not meters:write: only a change can tell.
+        read_only: "events:write events:read customer_meters:read orders:read "
+        "subscriptions:read customers:read meters:read products:read webhooks:read",
+    }
+    with StandinProcess(
+        tmp_path / "standin.sqlite3",
+        token=TOKEN,
+        extra_env={"STANDIN_SCOPED_TOKENS": json.dumps(scoped)},
+    ) as standin:
+        before = polar_state(standin)
+        result = setup_cli(standin, "--json", "--webhook-url", URL, *NEW_METER, token=limited)
+        assert result.exit_code == ExitCode.FAILED, result.output
+        plan = json.loads(result.stdout)
+        [token_step] = [s for s in plan["steps"] if s["area"] == "token"]
+        assert token_step["action"] == "problem"
+        for missing in ("events:write", "customer_meters:read", "orders:read",
+                        "subscriptions:read", "customers:read"):  # fmt: skip
+            assert missing in token_step["detail"].split(": create")[0], token_step
+        assert "events:read" not in token_step["detail"].split(": create")[0]
+        assert polar_state(standin) == before
+
+        result = setup_cli(standin, "--webhook-url", URL, *NEW_METER, token=read_only)
+        assert result.exit_code == ExitCode.FAILED, result.output
+        assert "cannot create the meter: the token lacks the scope meters:write" in " ".join(
+            result.stderr.split()
+        )
+        assert polar_state(standin) == before

@@ -107,7 +107,12 @@ def setup(
 async def _run(
     settings: Settings, request: polar_setup.SetupRequest, *, dry_run: bool
 ) -> polar_setup.Plan:
-    from polar.base import PolarClientError, PolarDeserializationError, PolarError
+    from polar.base import (
+        PolarClientError,
+        PolarDeserializationError,
+        PolarError,
+        PolarRateLimitError,
+    )
     from polar.v2026_10 import PolarAsync
 
     from polar_credits import polar_setup
@@ -136,6 +141,12 @@ async def _run(
         fail(f"{exc} (changes listed before this one were made; run setup again)")
     except FileExistsError as exc:
         fail(f"{exc.filename} appeared meanwhile: not overwritten", ExitCode.CONFLICT)
+    except PolarRateLimitError:
+        fail(
+            f"Polar ({where}) kept answering 429 (the organization's rate limit, shared with "
+            "your application); try again in a minute",
+            ExitCode.UNAVAILABLE,
+        )
     except (PolarClientError, PolarDeserializationError) as exc:
         fail(f"Polar ({where}) answered unexpectedly: {exc}")
     except PolarError as exc:  # network errors, timeouts, 5xx
