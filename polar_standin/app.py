@@ -400,6 +400,10 @@ async def admin_products(request: Request) -> Response:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         return bad_request("metadata must be an object")
+    # A Meter Credits benefit per meter named: {"meter_id": units} (it resets its meter).
+    credits = body.get("meter_credits") or {}
+    if not isinstance(credits, dict) or any(store.get_meter(str(m)) is None for m in credits):
+        return bad_request("meter_credits must map existing meter ids to units", 404)
     try:
         row = store.create_product(
             name=body["name"],
@@ -412,6 +416,10 @@ async def admin_products(request: Request) -> Response:
                 {"meter_id": m["id"], "meter_name": m["name"], "price_id": new_id()} for m in meters
             ],
             metadata=metadata,
+            benefits=[
+                {"id": new_id(), "meter_id": str(m), "units": int(units)}
+                for m, units in credits.items()
+            ],
             meter_interval=meter_interval,
             meter_interval_count=int(body.get("meter_interval_count") or 1)
             if meter_interval

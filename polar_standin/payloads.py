@@ -104,9 +104,32 @@ def product(row: dict[str, Any]) -> dict[str, Any]:
         **_product_core(row),
         "is_deletable": False,
         "prices": [price, *(_metered_price(row, m) for m in row.get("metered_prices") or [])],
-        "benefits": [],
+        "benefits": [_meter_credit_benefit(row, b) for b in row.get("benefits") or []],
         "medias": [],
         "attached_custom_fields": [],
+    }
+
+
+def _meter_credit_benefit(row: dict[str, Any], benefit: dict[str, Any]) -> dict[str, Any]:
+    """Polar's Meter Credits benefit (type `meter_credit`), as a product lists it."""
+    return {
+        "id": benefit["id"],
+        "created_at": iso(row["created_at"]),
+        "modified_at": None,
+        "type": "meter_credit",
+        "description": f"{benefit['units']} credits",
+        "selectable": True,
+        "deletable": True,
+        "is_deleted": False,
+        "organization_id": ORGANIZATION_ID,
+        "metadata": {},
+        "visibility": "public",
+        "properties": {
+            "units": benefit["units"],
+            "rollover": False,
+            "meter_id": benefit["meter_id"],
+        },
+        "visibility_configurable": True,
     }
 
 

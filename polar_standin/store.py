@@ -77,6 +77,8 @@ _ADDED_COLUMNS = {
         # Polar's meter cycle of its own (`meter_interval`): resets meters between renewals.
         "meter_interval": "TEXT",
         "meter_interval_count": "INTEGER",
+        # Meter Credits benefits: [{"id", "meter_id", "units"}].
+        "benefits": "TEXT NOT NULL DEFAULT '[]'",
     },
     "orders": {
         "status": "TEXT NOT NULL DEFAULT 'paid'",
@@ -110,7 +112,7 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
     data = dict(row)
-    for key in ("metadata", "filter", "aggregation", "subscription", "metered_prices"):
+    for key in ("metadata", "filter", "aggregation", "subscription", "metered_prices", "benefits"):
         if isinstance(data.get(key), str):
             data[key] = json.loads(data[key])
     return data
@@ -268,6 +270,7 @@ class Store:
         metadata: dict[str, Any] | None = None,
         meter_interval: str | None = None,
         meter_interval_count: int | None = None,
+        benefits: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         product_id = id or new_id()
         try:
@@ -275,8 +278,8 @@ class Store:
                 self._db.execute(
                     "INSERT INTO products (id, name, price_id, price_amount, currency, "
                     "recurring_interval, created_at, recurring_interval_count, metered_prices, "
-                    "metadata, meter_interval, meter_interval_count) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "metadata, meter_interval, meter_interval_count, benefits) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         product_id,
                         name,
@@ -290,6 +293,7 @@ class Store:
                         json.dumps(metadata or {}),
                         meter_interval,
                         meter_interval_count,
+                        json.dumps(benefits or []),
                     ),
                 )
         except sqlite3.IntegrityError as e:
