@@ -295,7 +295,7 @@ async def _plan_meters(polar: PolarAsync, request: SetupRequest, plan: Plan) -> 
                 spec.name = found.name
                 plan.add("meter", "ok", f"[meters.{key}]: {found.name!r} ({found.id}) is right")
         return
-    spec = MeterSpec(_key(request.meter_name), request.meter_name, request.event_name,
+    spec = MeterSpec(_key(request.meter_name) or "credits", request.meter_name, request.event_name,
                      request.property)  # fmt: skip
     plan.meters.append(spec)
     live = [m for m in existing if m.archived_at is None]
@@ -574,7 +574,8 @@ def _toml_str(value: str) -> str:
 
 
 def _key(name: str, sep: str = "_") -> str:
-    return re.sub(r"[^a-z0-9]+", sep, name.lower()).strip(sep)[:60] or "credits"
+    """A TOML bare key / rule id from a name: lower case, runs of anything else as `sep`."""
+    return re.sub(r"[^a-z0-9]+", sep, name.lower()).strip(sep)[:60]
 
 
 def _unique(base: str, taken: set[str]) -> str:

@@ -156,7 +156,7 @@ def test_an_endpoint_with_the_wrong_events_is_updated(
     assert f"POLAR_WEBHOOK_SECRET={endpoint['secret']}" in shown.stdout
 
 
-def test_a_product_with_its_own_meter_cycle_is_warned_about(standin: StandinProcess) -> None:
+def test_products_that_reset_the_meter_are_warned_about(standin: StandinProcess) -> None:
     cycled = standin.admin(
         "POST",
         "/admin/products",
@@ -169,12 +169,21 @@ def test_a_product_with_its_own_meter_cycle_is_warned_about(standin: StandinProc
     )
     plain = standin.create_product("Metered yearly", recurring_interval="year",
                                    metered_meter_ids=[DEMO_METER_ID])  # fmt: skip
+    benefit = standin.admin(
+        "POST",
+        "/admin/products",
+        {"name": "Monthly credits", "recurring_interval": "month",
+         "meter_credits": {DEMO_METER_ID: 100}},
+    )  # fmt: skip
     # Default meter name and event: the demo meter the stand-in seeds.
     plan = as_json(setup_cli(standin, "--json"))
     warnings = [s["detail"] for s in plan["steps"] if s["action"] == "warn"]
-    assert len(warnings) == 1, warnings
-    assert cycled["id"] in warnings[0] and "meter_interval" in warnings[0]
-    assert plain["id"] not in warnings[0]
+    assert len(warnings) == 2, warnings
+    [interval] = [w for w in warnings if cycled["id"] in w]
+    assert "meter_interval" in interval
+    [credits] = [w for w in warnings if benefit["id"] in w]
+    assert "Meter Credits benefit" in credits
+    assert not any(plain["id"] in w for w in warnings)
     assert plan["nothing_to_do"] is True  # a warning changes nothing
 
 
@@ -260,3 +269,19 @@ def test_a_token_without_the_needed_scopes_is_reported_and_nothing_changes(
             result.stderr.split()
         )
         assert polar_state(standin) == before
+
+
+def test_the_starter_rules_file_loads_whatever_the_product_names(
+    standin: StandinProcess, tmp_path: Path
+) -> None:
+    awkward = ['Pack "A"\n# not a comment', 'Pack "A"\n# not a comment', "Crédits 🚀", "!!!"]
+    ids = [standin.create_product(name)["id"] for name in awkward]
+    ids.append(standin.create_product("Team plan", recurring_interval="month")["id"])
+    path = tmp_path / "rules.toml"
+    result = setup_cli(standin, "--write-rules", str(path))
+    assert result.exit_code == 0, result.output
+    rules = load_rules(path)
+    products = [rule.products[0] for rule in rules.rules]
+    assert set(ids) <= set(products)
+    assert len(products) == len(set(products)) == len(polar_state(standin)["products"])
+    assert all(rule.meter == "api_calls" for rule in rules.rules)  # the seeded "API calls"
