@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from polar.base import PolarClientError, PolarRateLimitError
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10.literals import WebhookEventType
+from polar.v2026_10.outputs import Meter, Product
 
 from polar_credits.rules import RulesFile
 
@@ -52,6 +53,7 @@ UNPROBED_SCOPES = ("meters:write", "webhooks:write")
 MAX_RATE_LIMIT_WAITS = 5
 T = TypeVar("T")
 
+Area = Literal["token", "meter", "products", "webhook", "rules_file"]
 Action = Literal["ok", "create", "update", "keep", "warn", "problem", "skip"]
 CHANGES: frozenset[str] = frozenset({"create", "update"})
 
@@ -66,7 +68,7 @@ class SetupError(Exception):
 
 @dataclass
 class Step:
-    area: Literal["token", "meter", "products", "webhook", "rules_file"]
+    area: Area
     action: Action
     detail: str
 
@@ -119,11 +121,11 @@ class Plan:
     meters: list[MeterSpec] = field(default_factory=list)
     meters_to_create: list[MeterSpec] = field(default_factory=list)
     webhook: WebhookPlan | None = None
-    products: list[Any] = field(default_factory=list)  # polar Product, for the rules file
+    products: list[Product] = field(default_factory=list)  # for the starter rules file
     rules_file: Path | None = None  # to write
     scopes_missing: list[str] = field(default_factory=list)
 
-    def add(self, area: Any, action: Action, detail: str) -> None:
+    def add(self, area: Area, action: Action, detail: str) -> None:
         self.steps.append(Step(area, action, detail))
 
     @property
@@ -233,7 +235,7 @@ def _as_dict(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def filter_matches(meter: Any, event_name: str) -> bool:
+def filter_matches(meter: Meter, event_name: str) -> bool:
     """The meter counts exactly the events named `event_name`: one `name eq` clause."""
     filter_ = _as_dict(meter.filter)
     clauses = filter_.get("clauses") or []
@@ -244,19 +246,19 @@ def filter_matches(meter: Any, event_name: str) -> bool:
     }
 
 
-def aggregation_matches(meter: Any, property: str) -> bool:
+def aggregation_matches(meter: Meter, property: str) -> bool:
     aggregation = _as_dict(meter.aggregation)
     return aggregation.get("func") == "sum" and aggregation.get("property") == property
 
 
-def _describe_meter(meter: Any) -> str:
+def _describe_meter(meter: Meter) -> str:
     return (
         f"filter {json.dumps(_as_dict(meter.filter), sort_keys=True)}, "
         f"aggregation {json.dumps(_as_dict(meter.aggregation), sort_keys=True)}"
     )
 
 
-def _meter_problem(meter: Any, spec: MeterSpec) -> str | None:
+def _meter_problem(meter: Meter, spec: MeterSpec) -> str | None:
     wrong = []
     if not filter_matches(meter, spec.event_name):
         wrong.append(f"its filter is not `name eq {spec.event_name}`")
@@ -511,7 +513,7 @@ async def _change(what: str, scope: str, make: Callable[[], Awaitable[T]]) -> T:
 
 
 # -- the starter rules file ------------------------------------------------------------------
-def starter_rules(meters: list[MeterSpec], products: list[Any]) -> str:
+def starter_rules(meters: list[MeterSpec], products: list[Product]) -> str:
     """A rules file that loads as it is: one rule per product on the first meter, each
     granting a placeholder 1 unit to change; a commented `every` rule for recurring ones."""
     meter = meters[0].key

@@ -200,7 +200,10 @@ def _report(
             if webhook is None
             else {"id": webhook.endpoint_id, "url": webhook.url, "events": webhook.events},
             "webhook_secret": secret,
-            "rules_file": str(plan.rules_file) if plan.rules_file else None,
+            "scopes_missing": plan.scopes_missing,
+            "rules_file_written": str(plan.rules_file)
+            if plan.rules_file and not dry_run and not plan.problems
+            else None,
         }
         emit(data, as_json=True)
         return
