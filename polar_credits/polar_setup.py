@@ -211,9 +211,10 @@ async def _check_token(polar: PolarAsync, request: SetupRequest, plan: Plan) -> 
         try:
             await _call(probe)
         except PolarClientError as exc:
-            if exc.status_code != 403:
+            if exc.status_code == 403:
+                plan.scopes_missing.append(scope)
+            elif exc.status_code != 422:  # 422: the token passed, the probe's body did not
                 raise
-            plan.scopes_missing.append(scope)
     checked = ", ".join(s for s in probes if s not in plan.scopes_missing)
     if plan.scopes_missing:
         plan.add(
