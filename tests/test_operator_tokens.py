@@ -13,6 +13,7 @@ import pytest
 
 from polar_credits.operators import Scope, authenticate, load_operator_tokens
 from polar_credits.settings import Settings, SettingsError, load_settings
+from polar_credits.stack import StackConfig, operator_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE = "alice-token:with:colons-0123456789"  # a token may hold ':' in the compact form
@@ -175,3 +176,14 @@ def test_the_api_will_not_start_with_a_doubtful_token(tmp_path: Path) -> None:
     assert "CREDITS_OPERATOR_TOKENS" in done.stderr and "same token" in done.stderr
     assert ALICE not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_make_run_knows_named_tokens_turn_the_operator_api_on() -> None:
+    """Against real Polar the launcher invents no token: named tokens alone turn the API on."""
+    real_polar = settings(
+        polar_access_token="polar_oat_x", credits_operator_tokens=f"alice:write:{ALICE}"
+    )
+    config = StackConfig.from_env(real_polar, {})
+    assert config.operator_token_source == "env"
+    assert "off" not in " ".join(operator_lines(config))
+    assert StackConfig.from_env(settings(polar_access_token="x"), {}).operator_token_source is None
