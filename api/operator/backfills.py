@@ -226,6 +226,7 @@ def _conflict(key: str) -> HTTPException:
     summary="Start a backfill (idempotent by key)",
     responses={
         200: {"model": BackfillView, "description": "This key's backfill already exists."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         409: {"model": Problem, "description": "The key was used with another request."},
         422: {"model": Problem, "description": "Bad request, or an unknown meter."},
         503: {"model": Problem, "description": "Temporal is unavailable; try again."},

@@ -353,7 +353,10 @@ def _meter(request: Request, name: str) -> GrantMeter:
     "/grants",
     response_model=GrantPage,
     summary="List grant runs (order, allowance, manual, revoke), newest first",
-    responses={422: {"model": Problem}, 503: {"model": Problem}},
+    responses={
+        422: {"model": Problem, "description": "A bad filter, or a page_token it never issued."},
+        503: {"model": Problem, "description": "Temporal is unavailable; try again."},
+    },
 )
 async def list_grants(
     temporal: TemporalDep,
@@ -489,6 +492,7 @@ def _grant_events(kind: GrantKind, state: dict[str, Any]) -> list[dict[str, Any]
     summary="Grant units by hand (idempotent by key)",
     responses={
         200: {"model": ManualGrantView, "description": "This key's grant already exists."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         409: {"model": Problem, "description": "The key was used with another body."},
         422: {"model": Problem, "description": "Bad request, or an unknown meter."},
         503: {"model": Problem},
@@ -598,6 +602,7 @@ async def _start_manual_grant(
     responses={
         200: {"model": RevokeView, "description": "This grant was revoked before: that revoke."},
         202: {"model": RevokeView, "description": "Still running: GET /grants/{id} later."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         404: {"model": Problem},
         409: {"model": Problem, "description": "The run granted nothing that can be revoked."},
         422: {"model": Problem},
@@ -760,6 +765,7 @@ async def _revoke_view(
     status_code=201,
     summary="Run an order's crediting again after its run failed",
     responses={
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         404: {"model": Problem, "description": "No run for this order."},
         409: {"model": Problem, "description": "Its run granted, or still runs."},
         503: {"model": Problem},

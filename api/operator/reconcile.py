@@ -61,7 +61,10 @@ def _unavailable(exc: Exception) -> HTTPException:
     response_model=ReconcileRun,
     status_code=202,
     summary="Run reconciliation now",
-    responses={503: {"model": Problem, "description": "Temporal is unavailable; try again."}},
+    responses={
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
+        503: {"model": Problem, "description": "Temporal is unavailable; try again."},
+    },
 )
 async def reconcile_now(
     settings: SettingsDep, temporal: TemporalDep, operator: WriterDep
