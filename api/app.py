@@ -16,6 +16,7 @@ from api import health, metrics, webhooks
 from api.metrics import Metrics
 from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
+from polar_credits.operators import load_operator_tokens
 from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
 from polar_credits.temporal_client import connect_temporal
@@ -27,8 +28,10 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
 
     Reads the rules file (CREDITS_RULES_FILE, the worker's) for the metadata keys its rules
     name (no other metadata is copied into a workflow) and for the products whose
-    subscriptions have an allowance run (rules with `every`). Raises RulesError."""
+    subscriptions have an allowance run (rules with `every`). Raises RulesError, and
+    SettingsError for a doubtful operator token (polar_credits/operators.py)."""
     assert settings.polar_webhook_secret is not None
+    operator_tokens = load_operator_tokens(settings)
     rules_file = settings.credits_rules_file
     rules = load_rules(rules_file) if rules_file else None
     metadata_keys = rules.metadata_keys() if rules else frozenset()
@@ -49,6 +52,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metadata_keys = metadata_keys
     app.state.rules = rules
+    app.state.operator_tokens = operator_tokens
     app.state.metrics = Metrics()
     app.state.webhook_verifier = webhooks.polar_verifier(
         settings.polar_webhook_secret.get_secret_value()

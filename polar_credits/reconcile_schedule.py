@@ -27,6 +27,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits.models import VerificationPolicy
+from polar_credits.operators import OPERATOR_MEMO
 from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
 from polar_credits.settings import Settings
 from workflows.reconcile import ReconcileWorkflow
@@ -126,8 +127,11 @@ async def _turn_off(client: Client) -> None:
     log.info("reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused", SCHEDULE_ID)
 
 
-async def start_reconcile_now(client: Client, settings: Settings) -> WorkflowHandle:
-    """A run now, beside the schedule's (same input): what `POST /reconcile` starts."""
+async def start_reconcile_now(
+    client: Client, settings: Settings, *, operator: str | None = None
+) -> WorkflowHandle:
+    """A run now, beside the schedule's (same input): what `POST /reconcile` starts, with the
+    operator token's name in its memo."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return await client.start_workflow(
         ReconcileWorkflow.run,
@@ -135,4 +139,5 @@ async def start_reconcile_now(client: Client, settings: Settings) -> WorkflowHan
         id=f"{RUN_ID_PREFIX}-now-{stamp}",
         task_queue=settings.credits_task_queue,
         execution_timeout=RUN_TIMEOUT,
+        memo={OPERATOR_MEMO: operator} if operator else None,
     )

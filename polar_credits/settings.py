@@ -121,6 +121,18 @@ class Settings(BaseSettings):
         """Where Polar calls go, for logs: never includes the token."""
         return self.polar_api_url or self.polar_server
 
+    # -- Operators by name (issue 15 §5; README "Turning it on, and the CLI") --
+    # Named operator tokens with a scope, beside CREDITS_OPERATOR_TOKEN (a write token named
+    # "operator"): "name:scope:token,..." or a JSON list of {"name", "scope", "token"}; and/or
+    # a TOML file of [[tokens]] tables. Parsed and checked by polar_credits/operators.py.
+    credits_operator_tokens: SecretStr | None = None
+    credits_operator_tokens_file: Path | None = None
+
+    @field_validator("credits_operator_tokens", "credits_operator_tokens_file", mode="before")
+    @classmethod
+    def _blank_operator_tokens_are_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 def load_settings(*required: str) -> Settings:
     try:

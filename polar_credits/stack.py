@@ -160,7 +160,7 @@ class StackConfig:
     # `make run` (from_env) defaults to DEFAULT_WORKER_METRICS_PORT; a config built by hand
     # (benchmarks, several workers on one machine) has none unless it asks.
     worker_metrics_port: int = 0
-    # "env" (CREDITS_OPERATOR_TOKEN is set), "dev" (DEV_OPERATOR_TOKEN) or None (API off).
+    # "env" (any operator token is set), "dev" (DEV_OPERATOR_TOKEN) or None (API off).
     operator_token_source: str | None = None
 
     @classmethod
@@ -186,7 +186,14 @@ class StackConfig:
         )
         use_standin = settings.polar_access_token is None
         operator_token_source = None
-        if settings.credits_operator_token is not None:
+        if any(
+            value is not None
+            for value in (
+                settings.credits_operator_token,
+                settings.credits_operator_tokens,
+                settings.credits_operator_tokens_file,
+            )
+        ):
             operator_token_source = "env"
         elif use_standin:
             operator_token_source = "dev"
@@ -601,8 +608,8 @@ def banner(config: StackConfig) -> str:
 def operator_lines(config: StackConfig) -> list[str]:
     """How to point the CLI at this stack."""
     if config.operator_token_source is None:
-        return ["Operator API: off (set CREDITS_OPERATOR_TOKEN to turn it on)"]
-    token = '"$CREDITS_OPERATOR_TOKEN"'  # yours: not printed
+        return ["Operator API: off (set CREDITS_OPERATOR_TOKENS or CREDITS_OPERATOR_TOKEN)"]
+    token = '"<one of your operator tokens>"'  # yours: never printed
     if config.operator_token_source == "dev":
         token = DEV_OPERATOR_TOKEN
     return [

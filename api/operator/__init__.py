@@ -1,2 +1,3 @@
 """The operator API: beside the webhook in the same app, one router per area, all behind
-`OperatorDep` (a bearer token, CREDITS_OPERATOR_TOKEN). Off when the token is unset."""
+`OPERATOR` (a named bearer token, api/operator/auth.py); routes that change something also
+need a write token (`WriterDep`). Off while no token is set."""

@@ -1,39 +1,76 @@
-"""Bearer-token authentication of the operator API.
+"""Bearer-token authentication of the operator API, by name and scope.
 
-The token is CREDITS_OPERATOR_TOKEN, compared in constant time. With the token unset the
-operator API is off: every operator route answers 404, as if it were not there. The webhook
-never uses this: it is authenticated by Polar's signature only.
+The tokens come from CREDITS_OPERATOR_TOKENS, CREDITS_OPERATOR_TOKENS_FILE and
+CREDITS_OPERATOR_TOKEN (polar_credits/operators.py), read once by `create_app`. With none set
+the operator API is off: every operator route answers 404, as if it were not there. The
+webhook never uses this: it is authenticated by Polar's signature only.
+
+- `Depends(require_operator)` (or `OperatorDep`): any valid token, read or write; it yields
+  the `Operator` (name, scope). Every operator router carries it (`OPERATOR`).
+- `WriterDep` on a route that changes something: a read token gets 403 there.
 """
 
 from __future__ import annotations
 
-import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-_bearer = HTTPBearer(auto_error=False, description="CREDITS_OPERATOR_TOKEN")
+from polar_credits.operators import OperatorToken, Scope, authenticate
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An operator token (CREDITS_OPERATOR_TOKENS, CREDITS_OPERATOR_TOKENS_FILE or "
+    "CREDITS_OPERATOR_TOKEN); routes that change something need a `write` token.",
+)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who called: the token's name (recorded on the runs it starts) and its scope."""
+
+    name: str
+    scope: Scope
 
 
 async def require_operator(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    token = request.app.state.settings.credits_operator_token
-    if token is None:
+) -> Operator:
+    tokens: tuple[OperatorToken, ...] = request.app.state.operator_tokens
+    if not tokens:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            "The operator API is off: set CREDITS_OPERATOR_TOKEN to turn it on.",
+            "The operator API is off: set CREDITS_OPERATOR_TOKENS (or CREDITS_OPERATOR_TOKEN) "
+            "to turn it on.",
         )
     given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    token = authenticate(tokens, given)
+    if token is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "A valid operator token is required (Authorization: Bearer <CREDITS_OPERATOR_TOKEN>).",
+            "A valid operator token is required (Authorization: Bearer <token>).",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return Operator(name=token.name, scope=token.scope)
 
 
-# Every operator router is built with `dependencies=[OPERATOR]`.
+async def require_writer(
+    request: Request, operator: Annotated[Operator, Depends(require_operator)]
+) -> Operator:
+    if operator.scope != Scope.WRITE:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{request.method} {request.url.path} changes things: it needs a write token, and "
+            f"{operator.name!r} has a read token.",
+        )
+    return operator
+
+
+# Every operator router is built with `dependencies=[OPERATOR]`; FastAPI resolves a dependency
+# once per request, so a route's own `OperatorDep` or `WriterDep` costs nothing more.
 OPERATOR = Depends(require_operator)
+OperatorDep = Annotated[Operator, Depends(require_operator)]
+WriterDep = Annotated[Operator, Depends(require_writer)]

@@ -22,7 +22,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
-from api.operator.auth import OPERATOR
+from api.operator.auth import OPERATOR, WriterDep
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits.backfills import (
@@ -37,6 +37,7 @@ from polar_credits.backfills import (
     BackfillTarget,
     backfill_workflow_id,
 )
+from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
 from workflows.backfill import BackfillWorkflow
 
@@ -119,6 +120,9 @@ class BackfillView(BaseModel):
         "the final report once `status` is completed.",
     )
     ui_url: str
+    started_by: str | None = Field(
+        default=None, description="The name of the operator token that started the backfill."
+    )
 
 
 def _meter(request: Request, name: str) -> BackfillMeter:
@@ -189,6 +193,7 @@ async def _view(settings: Settings, handle: WorkflowHandle, key: str) -> Backfil
     view.meter = memo.get("meter")
     view.units = memo.get("units")
     view.reason = memo.get("reason")
+    view.started_by = started_by(memo)
     return view
 
 
@@ -221,13 +226,18 @@ def _conflict(key: str) -> HTTPException:
     summary="Start a backfill (idempotent by key)",
     responses={
         200: {"model": BackfillView, "description": "This key's backfill already exists."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         409: {"model": Problem, "description": "The key was used with another request."},
         422: {"model": Problem, "description": "Bad request, or an unknown meter."},
         503: {"model": Problem, "description": "Temporal is unavailable; try again."},
     },
 )
 async def start_backfill(
-    body: BackfillBody, request: Request, settings: SettingsDep, temporal: TemporalDep
+    body: BackfillBody,
+    request: Request,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    operator: WriterDep,
 ) -> JSONResponse:
     meter = _meter(request, body.meter)
     workflow_id = backfill_workflow_id(body.key)
@@ -238,7 +248,7 @@ async def start_backfill(
         if existing is not None and existing != fingerprint:
             raise _conflict(body.key)
         if existing is None or state in UNFINISHED:
-            await _start(temporal, settings, body, meter, fingerprint)
+            await _start(temporal, settings, body, meter, fingerprint, operator.name)
             code = status.HTTP_202_ACCEPTED
         else:
             code = status.HTTP_200_OK
@@ -261,6 +271,7 @@ async def _start(
     body: BackfillBody,
     meter: BackfillMeter,
     fingerprint: str,
+    operator: str,
 ) -> None:
     request = BackfillRequest(
         key=body.key,
@@ -286,6 +297,7 @@ async def _start(
             "meter": body.meter,
             "units": body.units,
             "reason": body.reason,
+            OPERATOR_MEMO: operator,
         },
         rpc_timeout=TEMPORAL_TIMEOUT,
     )

@@ -8,8 +8,6 @@ runs; the worker's activities do the Polar calls through the gateway.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -36,7 +34,8 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
-from api.operator.auth import OPERATOR
+from api.operator.auth import OPERATOR, WriterDep
+from api.operator.page_tokens import PageTokenError, page_key, seal, unseal
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
@@ -56,6 +55,7 @@ from polar_credits.operator_grants import (
     manual_grant_workflow_id,
     revoke_workflow_id,
 )
+from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
 from workflows.manual_grant import ManualGrantWorkflow
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
@@ -133,6 +133,11 @@ class GrantPage(BaseModel):
 class GrantDetail(GrantSummary):
     run_id: str | None = None
     ui_url: str
+    started_by: str | None = Field(
+        default=None,
+        description="The operator token's name that started this run (a manual grant, revoke "
+        "or rerun); null for a run the service started (webhook, reconciliation, schedule).",
+    )
     decision: dict[str, Any] | None = Field(
         default=None, description="Why an order got what it got (rules version, verdicts)."
     )
@@ -182,6 +187,7 @@ class ManualGrantView(BaseModel):
     external_id: str
     ui_url: str
     failure: str | None = None
+    started_by: str | None = Field(default=None, description="The operator token's name.")
 
 
 class RevokeBody(BaseModel):
@@ -208,6 +214,7 @@ class RevokeView(BaseModel):
     events: list[dict[str, Any]] = Field(default_factory=list)
     failure: str | None = None
     ui_url: str
+    started_by: str | None = Field(default=None, description="The operator token's name.")
 
 
 class RerunView(BaseModel):
@@ -216,6 +223,7 @@ class RerunView(BaseModel):
     run_id: str
     previous_status: str
     ui_url: str
+    started_by: str = Field(description="The operator token's name.")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -345,10 +353,14 @@ def _meter(request: Request, name: str) -> GrantMeter:
     "/grants",
     response_model=GrantPage,
     summary="List grant runs (order, allowance, manual, revoke), newest first",
-    responses={422: {"model": Problem}, 503: {"model": Problem}},
+    responses={
+        422: {"model": Problem, "description": "A bad filter, or a page_token it never issued."},
+        503: {"model": Problem, "description": "Temporal is unavailable; try again."},
+    },
 )
 async def list_grants(
     temporal: TemporalDep,
+    settings: SettingsDep,
     kind: Annotated[list[GrantKind] | None, Query(description="Default: every kind.")] = None,
     customer_id: Annotated[str | None, Query(pattern=ID_VALUE)] = None,
     order_id: Annotated[str | None, Query(pattern=ID_VALUE)] = None,
@@ -372,13 +384,18 @@ async def list_grants(
         started_after=started_after,
         started_before=started_before,
     )
+    assert settings.polar_webhook_secret is not None
+    key = page_key(settings.polar_webhook_secret.get_secret_value())
     token: bytes | None = None
-    if page_token:
+    if page_token is not None:
         try:
-            token = base64.urlsafe_b64decode(page_token.encode("ascii"))
-        except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+            token = unseal(key, page_token)
+        except PageTokenError as exc:
+            # The caller's mistake, told at once: Temporal would retry it for ~10 s, then fail.
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, "page_token is not one this API returned."
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"page_token is not a next_page_token this API returned ({exc}): list again "
+                "without page_token, and pass each answer's next_page_token unchanged.",
             ) from exc
     pages = temporal.list_workflows(
         query, page_size=limit, next_page_token=token, rpc_timeout=TEMPORAL_TIMEOUT
@@ -397,7 +414,7 @@ async def list_grants(
     following = pages.next_page_token
     return GrantPage(
         grants=[_summary(e) for e in executions],
-        next_page_token=base64.urlsafe_b64encode(following).decode() if following else None,
+        next_page_token=seal(key, following) if following else None,
     )
 
 
@@ -423,6 +440,7 @@ async def show_grant(
         **summary.model_dump(),
         run_id=description.run_id,
         ui_url=workflow_ui_url(settings, grant_id),
+        started_by=started_by(await description.memo()),
     )
     if isinstance(state, dict):
         detail.state = state
@@ -474,13 +492,18 @@ def _grant_events(kind: GrantKind, state: dict[str, Any]) -> list[dict[str, Any]
     summary="Grant units by hand (idempotent by key)",
     responses={
         200: {"model": ManualGrantView, "description": "This key's grant already exists."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         409: {"model": Problem, "description": "The key was used with another body."},
         422: {"model": Problem, "description": "Bad request, or an unknown meter."},
         503: {"model": Problem},
     },
 )
 async def create_grant(
-    body: ManualGrantBody, request: Request, settings: SettingsDep, temporal: TemporalDep
+    body: ManualGrantBody,
+    request: Request,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    operator: WriterDep,
 ) -> JSONResponse:
     meter = _meter(request, body.meter)
     workflow_id = manual_grant_workflow_id(body.idempotency_key)
@@ -490,7 +513,7 @@ async def create_grant(
     description = await _describe(handle)
     if description is None:
         try:
-            await _start_manual_grant(temporal, settings, body, meter, fingerprint)
+            await _start_manual_grant(temporal, settings, body, meter, fingerprint, operator.name)
             code = status.HTTP_201_CREATED
         except WorkflowAlreadyStartedError:
             pass  # another request with this key won the race: compare with it below
@@ -499,7 +522,8 @@ async def create_grant(
         description = await _describe(handle)
         if description is None:
             raise _unavailable(RuntimeError("the grant's run is not visible yet"))
-    if (await description.memo()).get(FINGERPRINT_MEMO) != fingerprint:
+    memo = await description.memo()
+    if memo.get(FINGERPRINT_MEMO) != fingerprint:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"Idempotency key {body.idempotency_key!r} was already used with another body: use "
@@ -518,6 +542,7 @@ async def create_grant(
         reason=body.reason,
         external_id=manual_grant_external_id(body.idempotency_key),
         ui_url=workflow_ui_url(settings, workflow_id),
+        started_by=started_by(memo),
     )
     state = _plain(await _state(handle, description.status)) if code == 200 else None
     if isinstance(state, dict):
@@ -527,7 +552,12 @@ async def create_grant(
 
 
 async def _start_manual_grant(
-    temporal: Client, settings: Settings, body: ManualGrantBody, meter: GrantMeter, fingerprint: str
+    temporal: Client,
+    settings: Settings,
+    body: ManualGrantBody,
+    meter: GrantMeter,
+    fingerprint: str,
+    operator: str,
 ) -> None:
     await temporal.start_workflow(
         ManualGrantWorkflow.run,
@@ -547,7 +577,7 @@ async def _start_manual_grant(
         task_queue=settings.credits_task_queue,
         # One grant per key, for as long as Temporal keeps the run (Polar dedupes forever).
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        memo={FINGERPRINT_MEMO: fingerprint},
+        memo={FINGERPRINT_MEMO: fingerprint, OPERATOR_MEMO: operator},
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(sa.CREDIT_STATUS, CreditStatus.PENDING.value),
@@ -572,6 +602,7 @@ async def _start_manual_grant(
     responses={
         200: {"model": RevokeView, "description": "This grant was revoked before: that revoke."},
         202: {"model": RevokeView, "description": "Still running: GET /grants/{id} later."},
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         404: {"model": Problem},
         409: {"model": Problem, "description": "The run granted nothing that can be revoked."},
         422: {"model": Problem},
@@ -579,13 +610,17 @@ async def _start_manual_grant(
     },
 )
 async def revoke_grant(
-    grant_id: GrantId, body: RevokeBody, settings: SettingsDep, temporal: TemporalDep
+    grant_id: GrantId,
+    body: RevokeBody,
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    operator: WriterDep,
 ) -> JSONResponse:
     revoke_id = revoke_workflow_id(grant_id)
     revoke = temporal.get_workflow_handle(revoke_id)
     previous = await _describe(revoke)
     if previous is not None and previous.status not in ENDED_WITHOUT_GRANT:
-        view = await _revoke_view(settings, revoke, previous.status, grant_id)
+        view = await _revoke_view(settings, revoke, previous, grant_id)
         return JSONResponse(view.model_dump(mode="json"), status_code=status.HTTP_200_OK)
 
     handle = temporal.get_workflow_handle(grant_id)
@@ -602,6 +637,7 @@ async def revoke_grant(
             task_queue=settings.credits_task_queue,
             # A revoke that failed (the balance could not be read) may be asked again.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            memo={OPERATOR_MEMO: operator.name},
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(sa.CREDIT_STATUS, RevokeStatus.PENDING.value),
@@ -627,7 +663,7 @@ async def revoke_grant(
     except TimeoutError:
         code = status.HTTP_202_ACCEPTED
     described = await _describe(revoke)
-    view = await _revoke_view(settings, revoke, described.status if described else None, grant_id)
+    view = await _revoke_view(settings, revoke, described, grant_id)
     if view.status == RevokeStatus.FAILED.value:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, view.failure or "the revoke failed")
     return JSONResponse(view.model_dump(mode="json"), status_code=code)
@@ -694,13 +730,16 @@ async def _revoke_input(
 
 
 async def _revoke_view(
-    settings: Settings, handle: WorkflowHandle, execution_status: Any, grant_id: str
+    settings: Settings, handle: WorkflowHandle, description: Any | None, grant_id: str
 ) -> RevokeView:
+    """The revoke run as it stands; `description` is its describe() (None: not visible)."""
+    execution_status = description.status if description is not None else None
     view = RevokeView(
         id=handle.id,
         grant_id=grant_id,
         status=RevokeStatus.PENDING.value,
         ui_url=workflow_ui_url(settings, handle.id),
+        started_by=started_by(await description.memo()) if description is not None else None,
     )
     state = _plain(await _state(handle, execution_status))
     if isinstance(state, dict):
@@ -726,6 +765,7 @@ async def _revoke_view(
     status_code=201,
     summary="Run an order's crediting again after its run failed",
     responses={
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
         404: {"model": Problem, "description": "No run for this order."},
         409: {"model": Problem, "description": "Its run granted, or still runs."},
         503: {"model": Problem},
@@ -735,6 +775,7 @@ async def rerun_order(
     order_id: Annotated[str, Path(min_length=1, max_length=MAX_GRANT_ID_CHARS)],
     settings: SettingsDep,
     temporal: TemporalDep,
+    operator: WriterDep,
 ) -> RerunView:
     workflow_id = order_workflow_id(order_id)
     handle = temporal.get_workflow_handle(workflow_id)
@@ -757,6 +798,7 @@ async def rerun_order(
             id=workflow_id,
             task_queue=settings.credits_task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            memo={OPERATOR_MEMO: operator.name},
             search_attributes=TypedSearchAttributes(sa.order_start_attributes(input.order)),
             rpc_timeout=TEMPORAL_TIMEOUT,
         )
@@ -772,6 +814,7 @@ async def rerun_order(
         run_id=started.result_run_id or "",
         previous_status=previous,
         ui_url=workflow_ui_url(settings, workflow_id),
+        started_by=operator.name,
     )
 
 

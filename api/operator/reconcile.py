@@ -12,14 +12,15 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
-from api.operator.auth import OPERATOR
+from api.operator.auth import OPERATOR, WriterDep
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
+from polar_credits.operators import started_by
 from polar_credits.reconcile_schedule import start_reconcile_now
 from polar_credits.reconciliation import RUN_ID_PREFIX
 from workflows.reconcile import ReconcileWorkflow
@@ -42,6 +43,11 @@ class ReconcileRun(BaseModel):
     status: Literal["running", "completed", "failed", "terminated", "canceled", "timed_out"]
     report: dict[str, Any] | None = None
     ui_url: str
+    started_by: str | None = Field(
+        default=None,
+        description="The name of the operator token that started the run; null for a run of "
+        "the schedule.",
+    )
 
 
 def _unavailable(exc: Exception) -> HTTPException:
@@ -55,15 +61,23 @@ def _unavailable(exc: Exception) -> HTTPException:
     response_model=ReconcileRun,
     status_code=202,
     summary="Run reconciliation now",
-    responses={503: {"model": Problem, "description": "Temporal is unavailable; try again."}},
+    responses={
+        403: {"model": Problem, "description": "A read token: this needs a write token."},
+        503: {"model": Problem, "description": "Temporal is unavailable; try again."},
+    },
 )
-async def reconcile_now(settings: SettingsDep, temporal: TemporalDep) -> ReconcileRun:
+async def reconcile_now(
+    settings: SettingsDep, temporal: TemporalDep, operator: WriterDep
+) -> ReconcileRun:
     try:
-        handle = await start_reconcile_now(temporal, settings)
+        handle = await start_reconcile_now(temporal, settings, operator=operator.name)
     except (RPCError, RuntimeError, TimeoutError) as exc:
         raise _unavailable(exc) from exc
     return ReconcileRun(
-        workflow_id=handle.id, status="running", ui_url=workflow_ui_url(settings, handle.id)
+        workflow_id=handle.id,
+        status="running",
+        ui_url=workflow_ui_url(settings, handle.id),
+        started_by=operator.name,
     )
 
 
@@ -85,6 +99,7 @@ async def reconcile_run(
     try:
         description = await handle.describe(rpc_timeout=TEMPORAL_TIMEOUT)
         state = description.status or WorkflowExecutionStatus.RUNNING
+        operator = started_by(await description.memo())
         report = None
         if state == WorkflowExecutionStatus.COMPLETED:
             report = asdict(await handle.result(rpc_timeout=TEMPORAL_TIMEOUT))
@@ -99,4 +114,5 @@ async def reconcile_run(
         status=_STATUS_NAMES.get(state, "running"),
         report=report,
         ui_url=workflow_ui_url(settings, workflow_id),
+        started_by=operator,
     )

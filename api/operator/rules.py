@@ -24,6 +24,7 @@ from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInpu
 from polar_credits.orders import PaidOrder, order_facts
 from workflows.rules_preview import RulesPreviewWorkflow
 
+# A preview grants nothing and reserves nothing: a read token may ask for one.
 router = APIRouter(prefix="/rules", tags=["rules"], dependencies=[OPERATOR])
 
 # A preview is a few quick activities; someone is waiting for the answer.

@@ -36,6 +36,7 @@ def _report_rows(view: dict[str, Any]) -> dict[str, Any]:
     progress = view.get("progress") or {}
     rows = {"key": view["key"], "status": view["status"], "target": view.get("target")}
     rows |= {name: progress.get(name) for name in REPORT_FIELDS}
+    rows["started_by"] = view.get("started_by")
     rows["ui_url"] = view.get("ui_url")
     return rows
 
@@ -159,7 +160,7 @@ def reconcile_now(
         report = run.get("report") or {}
         emit(
             {"workflow_id": run["workflow_id"], "status": run["status"], **report}
-            | {"ui_url": run["ui_url"]},
+            | {"started_by": run.get("started_by"), "ui_url": run["ui_url"]},
             as_json=False,
             title="reconciliation",
         )

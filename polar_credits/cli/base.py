@@ -56,6 +56,7 @@ def operator_client(timeout: float = 30.0) -> httpx.Client:
 _STATUS_EXIT = {
     400: ExitCode.USAGE,
     401: ExitCode.USAGE,
+    403: ExitCode.USAGE,  # a read token on a command that changes something
     404: ExitCode.NOT_FOUND,
     409: ExitCode.CONFLICT,
     422: ExitCode.USAGE,

@@ -28,6 +28,7 @@ SHOW_FIELDS = [
     "units",
     "started_at",
     "closed_at",
+    "started_by",
     "failure",
     "ui_url",
 ]
@@ -39,6 +40,7 @@ REVOKE_FIELDS = [
     "units_revoked",
     "capped",
     "allow_negative",
+    "started_by",
     "failure",
     "ui_url",
 ]
