@@ -21,6 +21,7 @@ import httpx
 import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.worker import Replayer
@@ -29,13 +30,20 @@ from polar_credits import search_attributes as sa
 from polar_credits.codec import ENCODING, KEY_ID_METADATA, data_converter
 from polar_credits.models import OrderCreditsState
 from polar_credits.settings import Settings
-from tests.conftest import BIN, CREDIT_PRODUCT_ID, OPERATOR_TOKEN, WEBHOOK_SECRET, Stack
+from tests.conftest import (
+    BIN,
+    CREDIT_PRODUCT_ID,
+    OPERATOR_TOKEN,
+    WEBHOOK_SECRET,
+    Stack,
+    credit_pack_order,
+)
 from tests.e2e.test_pipeline import order_paid_body
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess, stop_process
 from tests.support.signing import polar_signed_headers
 from worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
-from workflows.order_credits import order_workflow_id
+from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 KEY_A = base64.b64encode(os.urandom(32)).decode()
 KEY_B = base64.b64encode(os.urandom(32)).decode()
@@ -218,6 +226,14 @@ def codec_request(payload: Payload) -> dict:
     """A Payloads message in protobuf JSON, as the Temporal UI posts it."""
     metadata = {k: base64.b64encode(v).decode() for k, v in payload.metadata.items()}
     return {"payloads": [{"metadata": metadata, "data": base64.b64encode(payload.data).decode()}]}
+
+
+def grant_events_of(encrypted: EncryptedStack, customer_id: str) -> list[dict]:
+    return [
+        e
+        for e in encrypted.stack.standin.events(customer_id=customer_id)
+        if e["name"] == "api_usage"
+    ]
 
 
 def secrets_of(order: PaidOrder) -> list[bytes]:
@@ -454,3 +470,46 @@ async def test_after_a_second_key_runs_under_the_first_still_read_and_new_runs_u
         history = await reader.get_workflow_handle(order.workflow_id).fetch_history()
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, result.replay_failure
+
+
+async def test_a_run_under_a_key_the_worker_lacks_fails_loudly_and_resumes_once_it_is_added(
+    encrypted: EncryptedStack,
+) -> None:
+    key_c = base64.b64encode(os.urandom(32)).decode()
+    # Another process (say, an API already given a new key) starts a run under key c.
+    writer = await Client.connect(
+        encrypted.stack.settings.temporal_address,
+        data_converter=data_converter(
+            Settings(credits_encryption_keys=f"c:{key_c}", credits_encryption_key_id="c")
+        ),
+    )
+    customer_id = encrypted.stack.standin.create_customer()["id"]
+    order_id = str(uuid.uuid4())
+    handle = await writer.start_workflow(
+        OrderCreditsWorkflow.run,
+        credit_pack_order(customer_id, order_id, timeout_seconds=20, first_interval_seconds=0.5),
+        id=order_workflow_id(order_id),
+        task_queue=encrypted.queue,
+    )
+    # The worker cannot read it: its workflow task fails, naming the key, and nothing runs.
+    deadline = time.monotonic() + 30
+    failure: Failure | None = None
+    while failure is None:
+        assert time.monotonic() < deadline, "no workflow task failure"
+        await asyncio.sleep(0.2)
+        async for event in handle.fetch_history_events():
+            if event.HasField("workflow_task_failed_event_attributes"):
+                failure = event.workflow_task_failed_event_attributes.failure
+    assert failure.application_failure_info.type == "PayloadDecryptionError"
+    # Its message is encrypted like any failure's; an operator (or the UI's codec) reads it.
+    error = await data_converter(encrypted.settings()).decode_failure(failure)
+    assert "key 'c'" in str(error) and "CREDITS_ENCRYPTION_KEYS" in str(error), error
+    assert grant_events_of(encrypted, customer_id) == []
+
+    # Once the worker is given key c, the same run carries on and grants.
+    encrypted.stop()
+    encrypted.keys = f"{encrypted.keys},c:{key_c}"
+    await encrypted.start()
+    state = await granted(await encrypted.client(), handle.id)
+    assert state.status == "verified", state
+    assert len(grant_events_of(encrypted, customer_id)) == 1
