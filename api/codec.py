@@ -113,7 +113,8 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 _BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": CodecPayloads.model_json_schema()}},
+        # The response model's schema, which FastAPI lists under components.
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CodecPayloads"}}},
     }
 }
 
