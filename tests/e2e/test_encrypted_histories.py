@@ -429,6 +429,29 @@ async def test_the_codec_endpoint_is_not_there_while_encryption_is_off(stack: St
     assert "CREDITS_ENCRYPTION_KEYS" in answer.json()["detail"]
 
 
+async def test_a_worker_without_the_key_of_what_it_must_read_at_start_stops_clearly(
+    encrypted: EncryptedStack,
+) -> None:
+    # The rules registry's memo, which a worker reads before it polls, was written under key a.
+    env = {
+        **encrypted.env(),
+        "CREDITS_ENCRYPTION_KEYS": f"z:{base64.b64encode(os.urandom(32)).decode()}",
+        "CREDITS_ENCRYPTION_KEY_ID": "z",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "python"), "worker.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "key 'a'" in done.stderr and "CREDITS_ENCRYPTION_KEYS" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 async def test_after_a_second_key_runs_under_the_first_still_read_and_new_runs_use_it(
     encrypted: EncryptedStack,
 ) -> None:
