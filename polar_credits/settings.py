@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     def _encryption_keys_are_usable(self) -> Settings:
         # Checked here, so the API, the worker and the CLI refuse a bad key at start-up
         # (SettingsError naming the setting), not at their first payload.
+        if self.credits_encryption_keys is None and self.credits_encryption_key_id is None:
+            return self  # off
         from polar_credits.codec import encryption_keys  # codec.py imports this module
 
         encryption_keys(self)
