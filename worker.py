@@ -8,7 +8,8 @@ once polling, it stops polling, cancels the activities still running (Temporal r
 and exits. If Temporal does not let the worker finish within STOP_TIMEOUT_SECONDS, or a
 second signal comes, it exits without waiting. Exit status: 0 after a stop; 1 when Temporal
 cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file
-(including one that drops a rule key which has granted: polar_credits/rule_keys.py).
+(including one that drops a rule key which has granted: polar_credits/rule_keys.py), or when
+the rules registry was written under an encryption key the worker lacks.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from activities.gateway import PolarGateway  # noqa: E402
 from activities.ledger import LedgerActivities  # noqa: E402
 from activities.operator import OperatorActivities  # noqa: E402
 from activities.reconcile import ReconcileActivities  # noqa: E402
+from polar_credits.codec import PayloadDecryptionError  # noqa: E402
 from polar_credits.logsafe import configure_logging  # noqa: E402
 from polar_credits.reconcile_schedule import ensure_reconcile_schedule  # noqa: E402
 from polar_credits.rule_keys import (  # noqa: E402
@@ -279,7 +281,7 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
         return EXIT_FAILED
     try:
         await _accept_rule_keys(client, settings, rules)
-    except DroppedRuleKeys as exc:
+    except (DroppedRuleKeys, PayloadDecryptionError) as exc:  # the latter: a key is missing
         print(f"polar-credits worker: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     await _schedule_reconciliation(client, settings)

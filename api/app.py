@@ -12,10 +12,11 @@ from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 
-from api import health, metrics, webhooks
+from api import codec, health, metrics, webhooks
 from api.metrics import Metrics
 from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
+from polar_credits.codec import payload_codec
 from polar_credits.operators import load_operator_tokens
 from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.state.rules = rules
     app.state.operator_tokens = operator_tokens
     app.state.metrics = Metrics()
+    app.state.payload_codec = payload_codec(settings)  # None when encryption is off
     app.state.webhook_verifier = webhooks.polar_verifier(
         settings.polar_webhook_secret.get_secret_value()
     )
@@ -64,6 +66,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.include_router(reconcile.router)
     app.include_router(grants.router)
     app.include_router(rules_router)
+    app.include_router(codec.router)
     _serve_docs_offline(app)
     return app
 

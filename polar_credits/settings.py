@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Polar's per-organization limits, requests a minute (POLAR_FACTS.md, "Rate limits").
@@ -72,6 +72,30 @@ class Settings(BaseSettings):
     # true: the worker accepts a rules file that drops a rule key which has granted while
     # another rule takes over its products (README, "Renaming a rule: keys").
     credits_allow_dropped_rule_keys: bool = False
+
+    # Encrypted histories (issue 15 §3; README "Encrypted histories"): off while both unset.
+    # CREDITS_ENCRYPTION_KEYS: comma-separated `id:base64 of 32 bytes`; the key that
+    # CREDITS_ENCRYPTION_KEY_ID names encrypts new payloads, every listed key decrypts.
+    credits_encryption_keys: SecretStr | None = None
+    credits_encryption_key_id: str | None = None
+
+    @field_validator("credits_encryption_keys", "credits_encryption_key_id", mode="before")
+    @classmethod
+    def _blank_encryption_setting_is_unset(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @model_validator(mode="after")
+    def _encryption_keys_are_usable(self) -> Settings:
+        # Checked here, so the API, the worker and the CLI refuse a bad key at start-up
+        # (SettingsError naming the setting), not at their first payload.
+        if self.credits_encryption_keys is None and self.credits_encryption_key_id is None:
+            return self  # off
+        from polar_credits.codec import encryption_keys  # codec.py imports this module
+
+        encryption_keys(self)
+        return self
 
     @field_validator(
         "polar_access_token", "polar_webhook_secret", "credits_operator_token", mode="before"

@@ -10,6 +10,8 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from polar_credits.codec import data_converter
+from polar_credits.settings import Settings
 from worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
 
 WORKFLOWS = [*ORDER_QUEUE_WORKFLOWS, *BUDGET_QUEUE_WORKFLOWS]
@@ -60,3 +62,18 @@ async def test_recorded_history_replays(recorded: WorkflowHistory) -> None:
     replayer = Replayer(workflows=WORKFLOWS)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{history.workflow_id}: {result.replay_failure}"
+
+
+# Encryption turned on over runs written before it (README, "Encrypted histories"): the codec
+# reads their plain payloads as they are. The key is a test's own: any 32 bytes.
+ENCRYPTION_ON = Settings(
+    credits_encryption_keys="test:" + "a2V5LWZvci10aGUtcmVwbGF5LXRlc3Qtb25seS0wMDA=",
+    credits_encryption_key_id="test",
+)
+
+
+@pytest.mark.parametrize("recorded", HISTORIES, ids=[p.stem for p in HISTORIES], indirect=True)
+async def test_recorded_history_replays_with_encryption_on(recorded: WorkflowHistory) -> None:
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=data_converter(ENCRYPTION_ON))
+    result = await replayer.replay_workflow(recorded, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{recorded.workflow_id}: {result.replay_failure}"
