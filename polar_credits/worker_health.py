@@ -48,6 +48,7 @@ class WorkerHealth:
     def __init__(self) -> None:
         self._client: Client | None = None
         self._workers: dict[str, Worker] = {}  # task queue -> its worker
+        self._stopping = False
 
     def connected(self, client: Client) -> None:
         self._client = client
@@ -57,10 +58,13 @@ class WorkerHealth:
 
     def stopped(self) -> None:
         self._workers = {}
+        self._stopping = True
 
     async def readiness(self) -> tuple[bool, str]:
         """(ready, reason): the first thing that keeps the worker from taking tasks."""
         client = self._client
+        if self._stopping:
+            return False, "the worker is stopping"
         if client is None:
             return False, "not connected to Temporal yet"
         try:
