@@ -6,7 +6,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help install run demo test lint bench chaos
+.PHONY: help install run demo test lint bench chaos lock
 
 help: ## Show these targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,3 +37,16 @@ bench: $(VENV_STAMP) ## Benchmark the pipeline and a renewal burst on private st
 
 chaos: $(VENV_STAMP) ## Chaos run: N orders through faults, kills and restarts; asserts each is granted once (ARGS=--orders N)
 	$(VENV_PYTHON) -m bench.chaos $(ARGS)
+
+# uv runs from a throwaway venv: it is no dependency of the project. setuptools (the build
+# backend, pyproject.toml [build-system]) is locked too: the image builds the project offline.
+UV_VERSION := 0.13.10
+
+lock: ## Regenerate requirements.lock (the image's dependencies, pinned with hashes)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install --quiet 'uv==$(UV_VERSION)' && \
+	printf 'setuptools>=68\n' | "$$tmp/venv/bin/uv" pip compile pyproject.toml - \
+		--universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' --quiet -o requirements.lock
+	@echo "requirements.lock written: commit it with pyproject.toml"

@@ -44,6 +44,7 @@ from typing import NoReturn  # noqa: E402
 
 from polar.v2026_10 import PolarAsync  # noqa: E402
 from temporalio.client import Client  # noqa: E402
+from temporalio.runtime import Runtime  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.allowance import AllowanceActivities  # noqa: E402
@@ -65,6 +66,7 @@ from polar_credits.rule_keys import (  # noqa: E402
 from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
 from polar_credits.temporal_client import connect_temporal  # noqa: E402
+from polar_credits.worker_health import HealthServer, WorkerHealth, internal_port  # noqa: E402
 from polar_credits.worker_metrics import GatewayMetrics, client_meter, worker_runtime  # noqa: E402
 from workflows.backfill import BackfillWorkflow  # noqa: E402
 from workflows.customer_ledger import CustomerLedgerWorkflow  # noqa: E402
@@ -125,9 +127,10 @@ async def build_worker(
     rules: RulesFile,
     *,
     per_minute: int = 60,  # the sandbox default: 60% of its 100 a minute
+    health: WorkerHealth | None = None,
 ) -> AsyncIterator[PolarGateway]:
     """Poll the order queue and the budget's queue until the block exits; yields the
-    process's one gateway to Polar."""
+    process's one gateway to Polar. `health` (the worker's /readyz) learns when both poll."""
     gateway = PolarGateway(
         polar,
         TemporalBudget(client, task_queue, per_minute),
@@ -153,7 +156,13 @@ async def build_worker(
     )
     try:
         async with budget, orders:
-            yield gateway
+            if health is not None:
+                health.polling({task_queue: orders, budget_task_queue(task_queue): budget})
+            try:
+                yield gateway
+            finally:
+                if health is not None:
+                    health.stopped()
     finally:
         await gateway.close()
 
@@ -242,25 +251,65 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
         settings.temporal_address,
         settings.temporal_namespace,
     )
+    health = WorkerHealth()
+    endpoint: HealthServer | None = None
     try:
-        runtime = worker_runtime(
-            settings.credits_worker_metrics_port,
-            host=settings.credits_worker_metrics_host,
-            forward_logs=settings.credits_log_format == "json",
-        )
-    except (RuntimeError, ValueError) as exc:  # the port is taken
+        runtime, endpoint = await _start_metrics(settings, health)
+    except (RuntimeError, ValueError, OSError) as exc:  # the port is taken
         print(
             "polar-credits worker: cannot serve metrics on port "
             f"{settings.credits_worker_metrics_port}: {exc}",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if settings.credits_worker_metrics_port:
-        log.info(
-            "metrics on http://%s:%d/metrics",
-            settings.credits_worker_metrics_host,
-            settings.credits_worker_metrics_port,
+    try:
+        return await _run(settings, rules, stop, runtime, health)
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+
+
+async def _start_metrics(
+    settings: Settings, health: WorkerHealth
+) -> tuple[Runtime | None, HealthServer | None]:
+    """The Temporal runtime, and with a metrics port the endpoint serving /metrics, /livez
+    and /readyz there (the SDK's exporter on a loopback port of its own, relayed)."""
+    forward_logs = settings.credits_log_format == "json"
+    if not settings.credits_worker_metrics_port:
+        return worker_runtime(0, forward_logs=forward_logs), None
+    endpoint = None
+    try:
+        for attempt in range(3):  # another process may take the internal port meanwhile
+            exporter_port = internal_port()
+            try:
+                runtime = worker_runtime(exporter_port, forward_logs=forward_logs)
+                break
+            except (RuntimeError, ValueError):
+                if attempt == 2:
+                    raise
+        endpoint = HealthServer(health, exporter_port)
+        await endpoint.start(
+            settings.credits_worker_metrics_host, settings.credits_worker_metrics_port
         )
+    except BaseException:
+        if endpoint is not None:
+            await endpoint.close()
+        raise
+    log.info(
+        "metrics on http://%s:%d/metrics, probes on /livez and /readyz",
+        settings.credits_worker_metrics_host,
+        settings.credits_worker_metrics_port,
+    )
+    return runtime, endpoint
+
+
+async def _run(
+    settings: Settings,
+    rules: RulesFile,
+    stop: _StopRequest,
+    runtime: Runtime | None,
+    health: WorkerHealth,
+) -> int:
     connecting = asyncio.ensure_future(connect_temporal(settings, runtime=runtime))
     stopping = asyncio.ensure_future(stop.event.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -279,6 +328,7 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    health.connected(client)
     try:
         await _accept_rule_keys(client, settings, rules)
     except (DroppedRuleKeys, PayloadDecryptionError) as exc:  # the latter: a key is missing
@@ -293,6 +343,7 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
             polar,
             rules,
             per_minute=settings.polar_budget_per_minute,
+            health=health,
         )
         log.info(
             "worker polling task queue %r on %s (namespace %r), Polar at %s, %d rule(s), "
