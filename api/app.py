@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -18,7 +19,9 @@ from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
 from polar_credits.rules import load_rules
 from polar_credits.settings import Settings
-from polar_credits.temporal_client import connect_temporal
+from polar_credits.temporal_client import connect_temporal, resolve_temporal
+
+log = logging.getLogger("polar_credits.api")
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -27,15 +30,27 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
 
     Reads the rules file (CREDITS_RULES_FILE, the worker's) for the metadata keys its rules
     name (no other metadata is copied into a workflow) and for the products whose
-    subscriptions have an allowance run (rules with `every`). Raises RulesError."""
+    subscriptions have an allowance run (rules with `every`). Raises RulesError.
+
+    Without `temporal`, resolves the Temporal connection now (polar_credits/temporal_client.py):
+    a setting that can never work (an unreadable certificate or key, a malformed profile file,
+    an unknown TEMPORAL_PROFILE) raises SettingsError before the server starts."""
     assert settings.polar_webhook_secret is not None
+    connection = None
+    if temporal is None:
+        connection = resolve_temporal(settings)
+        settings = connection.applied_to(settings)  # links to the UI name the namespace used
     rules_file = settings.credits_rules_file
     rules = load_rules(rules_file) if rules_file else None
     metadata_keys = rules.metadata_keys() if rules else frozenset()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.temporal = temporal or await connect_temporal(settings, lazy=True)
+        if connection is not None:
+            log.info("Temporal at %s, connected on first use", connection.describe())
+        app.state.temporal = temporal or await connect_temporal(
+            settings, lazy=True, connection=connection
+        )
         yield
 
     app = FastAPI(

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         """Where Polar calls go, for logs: never includes the token."""
         return self.polar_api_url or self.polar_server
 
+    # Connecting to Temporal (issue 15 §1, polar_credits/temporal_client.py; the rest comes
+    # from temporalio's TEMPORAL_* variables and profile file): how long a process waits at
+    # start-up for Temporal to answer and confirm the namespace before it gives up.
+    credits_temporal_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
 
 def load_settings(*required: str) -> Settings:
     try:
