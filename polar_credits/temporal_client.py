@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -97,8 +98,12 @@ _FILE_SOURCES = ("client_cert", "client_key", "server_ca_cert")
 
 
 def default_config_file() -> Path:
-    """Where temporalio looks for profiles when TEMPORAL_CONFIG_FILE is unset."""
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    """Where temporalio looks for profiles when TEMPORAL_CONFIG_FILE is unset (its Rust core
+    asks the `dirs` crate, which reads the process's own environment)."""
+    if sys.platform == "darwin":
+        base: str | Path = Path.home() / "Library" / "Application Support"
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base) / "temporalio" / "temporal.toml"
 
 
