@@ -28,6 +28,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits.cli.base import ExitCode
+from polar_credits.settings import Settings, SettingsError
+from polar_credits.temporal_client import TemporalUnreachable, connect_temporal, resolve_temporal
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, TEST_RULES, WEBHOOK_SECRET
 from tests.support.certs import Pki, make_pki
 from tests.support.grpc_tls_proxy import GrpcTlsProxy
@@ -260,7 +262,7 @@ class Refusal:
     program: str = "worker"
 
 
-async def test_a_client_that_cannot_connect_stops_at_once_naming_the_setting(
+async def test_a_process_that_cannot_connect_stops_at_once_naming_the_setting(
     tls: Tls, standin: StandinProcess, tmp_path: Path
 ) -> None:
     pki = tls.pki
@@ -271,32 +273,18 @@ async def test_a_client_that_cannot_connect_stops_at_once_naming_the_setting(
         "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.client.cert),
         "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.client.key),
     }
-    # A server that accepts the connection and never says a word: only the connect timeout
-    # (CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS) ends the wait.
-    silent = socket.create_server(("127.0.0.1", 0))
-    nobody = free_port()
     cases = [
         Refusal("mTLS without a client certificate", mtls, ExitCode.USAGE,
                 "TEMPORAL_TLS_CLIENT_CERT_PATH: "),
-        Refusal("mTLS with a certificate from another CA",
-                {**mtls, "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.stranger.cert),
-                 "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.stranger.key)},
-                ExitCode.USAGE, "TEMPORAL_TLS_CLIENT_CERT_PATH: "),
-        Refusal("a server certificate this client does not trust",
-                {"TEMPORAL_ADDRESS": tls.mtls.address, **client_cert}, ExitCode.USAGE,
-                "TEMPORAL_TLS_SERVER_CA_CERT_PATH: "),
         Refusal("no API key", keyed, ExitCode.USAGE, "TEMPORAL_API_KEY: "),
         Refusal("a wrong API key", {**keyed, "TEMPORAL_API_KEY": "tmprl-wrong"}, ExitCode.USAGE,
                 "TEMPORAL_API_KEY: "),
         Refusal("an unknown namespace",
                 {**keyed, "TEMPORAL_API_KEY": API_KEY, "TEMPORAL_NAMESPACE": "no-such-ns"},
                 ExitCode.USAGE, "TEMPORAL_NAMESPACE: "),
-        Refusal("nothing listening at the address", {"TEMPORAL_ADDRESS": f"127.0.0.1:{nobody}"},
+        Refusal("nothing listening at the address",
+                {"TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"},
                 ExitCode.FAILED, "TEMPORAL_ADDRESS: cannot reach Temporal"),
-        Refusal("a server that never answers",
-                {"TEMPORAL_ADDRESS": f"127.0.0.1:{silent.getsockname()[1]}",
-                 "CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS": "2"},
-                ExitCode.FAILED, "TEMPORAL_ADDRESS: no answer from Temporal"),
         Refusal("a missing certificate file",
                 {**mtls, **client_cert, "TEMPORAL_TLS_CLIENT_CERT_PATH": str(tmp_path / "x.pem")},
                 ExitCode.USAGE, "TEMPORAL_TLS_CLIENT_CERT_PATH: cannot read"),
@@ -320,10 +308,7 @@ async def test_a_client_that_cannot_connect_stops_at_once_naming_the_setting(
         async with limit:
             return await attempt(index, case)
 
-    try:
-        results = await asyncio.gather(*(limited(i, c) for i, c in enumerate(cases)))
-    finally:
-        silent.close()
+    results = await asyncio.gather(*(limited(i, c) for i, c in enumerate(cases)))
     for case, status, output in results:
         prefix = f"polar-credits {case.program}: "
         said = [line[len(prefix) :] for line in output.splitlines() if line.startswith(prefix)]
@@ -331,3 +316,52 @@ async def test_a_client_that_cannot_connect_stops_at_once_naming_the_setting(
         assert len(said) == 1 and said[0].startswith(case.starts_with), (case.name, output)
         assert "Traceback" not in output, (case.name, output)
         assert API_KEY not in output and "PRIVATE KEY" not in output, case.name
+
+
+async def test_other_connection_mistakes_each_name_their_setting(tls: Tls) -> None:
+    """The same start-up path (`connect_temporal`) in this process, for the mistakes a process
+    would report the same way: what it says, and whether it is a bad setting (exit 2) or an
+    unreachable server (exit 1)."""
+    pki = tls.pki
+    client_cert = {
+        "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.client.cert),
+        "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.client.key),
+    }
+    keyed = {
+        "TEMPORAL_ADDRESS": tls.api_key.address,
+        "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(pki.ca_cert),
+        "TEMPORAL_API_KEY": API_KEY,
+    }
+    # A server that accepts the connection and never says a word: only the connect timeout
+    # (CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS) ends the wait.
+    silent = socket.create_server(("127.0.0.1", 0))
+    cases = [
+        ("a certificate from another CA",
+         {"TEMPORAL_ADDRESS": tls.mtls.address,
+          "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(pki.ca_cert),
+          "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.stranger.cert),
+          "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.stranger.key)},
+         SettingsError, "TEMPORAL_TLS_CLIENT_CERT_PATH: "),
+        ("a server certificate this client does not trust",
+         {"TEMPORAL_ADDRESS": tls.mtls.address, **client_cert},
+         SettingsError, "TEMPORAL_TLS_SERVER_CA_CERT_PATH: "),
+        ("plaintext to a TLS server", {"TEMPORAL_ADDRESS": tls.api_key.address},
+         SettingsError, "TEMPORAL_TLS: "),
+        ("a server name not in the server's certificate",
+         {**keyed, "TEMPORAL_TLS_SERVER_NAME": "example.com"},
+         SettingsError, "TEMPORAL_TLS_SERVER_NAME: "),
+        ("a server that never answers",
+         {"TEMPORAL_ADDRESS": f"127.0.0.1:{silent.getsockname()[1]}"},
+         TemporalUnreachable, "TEMPORAL_ADDRESS: no answer from Temporal"),
+    ]  # fmt: skip
+    try:
+        for name, env, error, starts_with in cases:
+            settings = Settings(credits_temporal_connect_timeout_seconds=2)
+            connection = resolve_temporal(settings, {"XDG_CONFIG_HOME": str(tls.home), **env})
+            with pytest.raises(error) as raised:
+                await connect_temporal(settings, connection=connection)
+            message = str(raised.value)
+            assert message.startswith(starts_with), (name, message)
+            assert "\n" not in message and API_KEY not in message, (name, message)
+    finally:
+        silent.close()
