@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 
@@ -21,8 +22,14 @@ from polar_credits.stack import (
     STANDIN_TOKEN,
     default_api_url,
     default_standin_url,
+    default_temporal_address,
 )
-from polar_credits.temporal_client import TemporalUnreachable, connect_temporal
+from polar_credits.temporal_client import (
+    TemporalUnreachable,
+    connect_temporal,
+    dev_server_env,
+    resolve_temporal,
+)
 from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_PRODUCT_NAME
 
 RESULT_TIMEOUT_SECONDS = 180.0
@@ -41,9 +48,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--standin", default=default_standin_url(), help="Polar stand-in base URL (%(default)s)"
     )
-    # Unset: where the service connects (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, a profile).
-    parser.add_argument("--temporal", default=None, help="Temporal gRPC host:port")
-    parser.add_argument("--namespace", default=None, help="Temporal namespace")
+    parser.add_argument(
+        "--temporal",
+        default=default_temporal_address(),
+        help="Temporal gRPC host:port (%(default)s)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("TEMPORAL_NAMESPACE") or "default",
+        help="Temporal namespace (%(default)s)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -105,14 +119,15 @@ def standin_balance(http: httpx.Client, standin: str, customer_id: str) -> float
 
 
 async def workflow_result(
-    address: str | None, namespace: str | None, workflow_id: str, wait_seconds: float
+    address: str, namespace: str, workflow_id: str, wait_seconds: float
 ) -> OrderCreditsState:
-    given = {"temporal_address": address, "temporal_namespace": namespace}
     try:
         settings = load_settings().model_copy(
-            update={k: v for k, v in given.items() if v is not None}
+            update={"temporal_address": address, "temporal_namespace": namespace}
         )
-        client = await connect_temporal(settings)
+        # The local stack's dev server: no TLS or profile meant for another cluster.
+        connection = resolve_temporal(settings, dev_server_env(os.environ))
+        client = await connect_temporal(settings, connection=connection)
     except (SettingsError, TemporalUnreachable) as exc:
         raise DemoError(f"Cannot use Temporal: {exc}") from None
     handle = client.get_workflow_handle(workflow_id, result_type=OrderCreditsState)

@@ -97,6 +97,24 @@ _ENV_NAMES = {
 _FILE_SOURCES = ("client_cert", "client_key", "server_ca_cert")
 
 
+# What only a remote cluster needs; `dev_server_env` drops it.
+_REMOTE_ONLY = (
+    "TEMPORAL_API_KEY",
+    "TEMPORAL_TLS",  # and every TEMPORAL_TLS_*
+    "TEMPORAL_GRPC_META_",
+    "TEMPORAL_PROFILE",
+    "TEMPORAL_CONFIG_FILE",
+)
+
+
+def dev_server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a process that talks to the local dev server in plaintext (`make run`'s
+    children, the demo): without the API key, TLS, metadata and profile settings a shell may
+    hold for another cluster, and with no profile file read (os.devnull: an empty one)."""
+    kept = {k: v for k, v in env.items() if not k.startswith(_REMOTE_ONLY)}
+    return {**kept, "TEMPORAL_CONFIG_FILE": os.devnull}
+
+
 def default_config_file() -> Path:
     """Where temporalio looks for profiles when TEMPORAL_CONFIG_FILE is unset (its Rust core
     asks the `dirs` crate, which reads the process's own environment)."""
@@ -118,7 +136,7 @@ def resolve_temporal(
     profile_name = env.get("TEMPORAL_PROFILE") or None
     config_file = env.get("TEMPORAL_CONFIG_FILE") or None
     file_label = config_file or str(default_config_file())
-    if config_file and not Path(config_file).is_file():
+    if config_file and config_file != os.devnull and not Path(config_file).is_file():
         raise SettingsError(
             f"TEMPORAL_CONFIG_FILE: {config_file} is not a file: point it to your Temporal "
             "profile file (TOML), or unset it."

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from temporalio.service import TLSConfig
 
+from polar_credits import stack
 from polar_credits.settings import Settings, SettingsError
 from polar_credits.temporal_client import resolve_temporal
 from tests.support.certs import Pki, make_pki
@@ -174,3 +175,34 @@ client_key_path = "{pki.client.key}"
     )
     message = refusal({"TEMPORAL_CONFIG_FILE": str(path)})
     assert message.startswith(f"tls.client_cert_path in profile 'default' of {path}: cannot read")
+
+
+def test_make_run_children_ignore_what_a_shell_holds_for_another_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    # A developer's own default profile (as `temporal config set` writes it) and variables
+    # for Temporal Cloud: `make run` still wires its children to its local dev server.
+    home = tmp_path / "config"
+    (home / "temporalio").mkdir(parents=True)
+    (home / "temporalio" / "temporal.toml").write_text(
+        f'[profile.default]\nnamespace = "prod.a1b2c"\napi_key = "{API_KEY}"\n'
+    )
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    shell = {
+        "XDG_CONFIG_HOME": str(home),
+        "TEMPORAL_TLS_CLIENT_CERT_PATH": str(pki.client.cert),
+        "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.client.key),
+        "TEMPORAL_GRPC_META_X_TENANT": "acme",
+    }
+    assert resolve_temporal(Settings(), shell).api_key == API_KEY  # what a bare process sees
+
+    settings = Settings(polar_webhook_secret="whsec_x")
+    child = stack.child_env(settings, stack.StackConfig.from_env(settings, shell), shell)
+    # A child reads its Settings from that environment.
+    child_settings = Settings(
+        temporal_address=child["TEMPORAL_ADDRESS"], temporal_namespace=child["TEMPORAL_NAMESPACE"]
+    )
+    connection = resolve_temporal(child_settings, child)
+    assert (connection.address, connection.namespace) == ("127.0.0.1:7233", "default")
+    assert connection.tls is False and connection.api_key is None
+    assert connection.rpc_metadata == {}
