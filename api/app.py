@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +19,32 @@ from api.metrics import Metrics
 from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
 from polar_credits.rules import load_rules
-from polar_credits.settings import Settings
-from polar_credits.temporal_client import connect_temporal, resolve_temporal
+from polar_credits.settings import Settings, SettingsError
+from polar_credits.temporal_client import (
+    TemporalConnection,
+    TemporalUnreachable,
+    check_temporal,
+    connect_temporal,
+    resolve_temporal,
+)
 
 log = logging.getLogger("polar_credits.api")
+
+
+async def _report_temporal(
+    client: Client, connection: TemporalConnection, settings: Settings
+) -> None:
+    """Connect once in the background and log what is wrong, naming the setting: the API
+    starts whatever Temporal's state, but a refused API key or certificate, or an unknown
+    namespace, would otherwise only show as 503s."""
+    try:
+        await check_temporal(client, connection, settings)
+    except SettingsError as exc:
+        log.error("Temporal refuses this API's settings: %s", exc)
+    except TemporalUnreachable as exc:
+        log.warning("Temporal is not reachable yet: %s", exc)
+    else:
+        log.info("Temporal reachable at %s", connection.describe())
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -46,12 +69,18 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if connection is not None:
-            log.info("Temporal at %s, connected on first use", connection.describe())
         app.state.temporal = temporal or await connect_temporal(
             settings, lazy=True, connection=connection
         )
+        checking = None
+        if connection is not None:
+            log.info("Temporal at %s; not waiting for it to start", connection.describe())
+            checking = asyncio.create_task(
+                _report_temporal(app.state.temporal, connection, settings)
+            )
         yield
+        if checking is not None:
+            checking.cancel()
 
     app = FastAPI(
         title="polar-credits",

@@ -21,10 +21,11 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
@@ -35,6 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from polar_credits.codec import data_converter
 from polar_credits.settings import Settings, SettingsError
 
+_T = TypeVar("_T")
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}  # what the SDK's TEMPORAL_TLS parser accepts
 
 
@@ -340,25 +342,47 @@ async def connect_temporal(
     )
     if lazy:
         return await connect
-    timeout = settings.credits_temporal_connect_timeout_seconds
+    seconds = settings.credits_temporal_connect_timeout_seconds
+
+    async def connect_and_check() -> Client:
+        client = await connect
+        await _check_namespace(client, connection, seconds)
+        return client
+
+    return await _explained(connect_and_check(), connection, seconds)
+
+
+async def check_temporal(
+    client: Client, connection: TemporalConnection, settings: Settings
+) -> None:
+    """Ask `client` (a lazy one too: this connects it) for its namespace, within
+    CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS; raises SettingsError or TemporalUnreachable
+    naming the setting to fix, as `connect_temporal` does."""
+    seconds = settings.credits_temporal_connect_timeout_seconds
+    await _explained(_check_namespace(client, connection, seconds), connection, seconds)
+
+
+async def _check_namespace(client: Client, connection: TemporalConnection, seconds: float) -> None:
+    await client.workflow_service.describe_namespace(
+        DescribeNamespaceRequest(namespace=connection.namespace),
+        timeout=timedelta(seconds=seconds),
+    )
+
+
+async def _explained(work: Awaitable[_T], connection: TemporalConnection, seconds: float) -> _T:
     try:
-        async with asyncio.timeout(timeout):
-            client = await connect
-            await client.workflow_service.describe_namespace(
-                DescribeNamespaceRequest(namespace=connection.namespace),
-                timeout=timedelta(seconds=timeout),
-            )
+        async with asyncio.timeout(seconds):
+            return await work
     except TimeoutError:
         raise TemporalUnreachable(
             f"{connection.source('address')}: no answer from Temporal at {connection.address} "
-            f"within {timeout:g} s (CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS): check the "
+            f"within {seconds:g} s (CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS): check the "
             "address and that the server is up."
         ) from None
     except RPCError as exc:
         raise _rpc_error(connection, exc) from None
     except RuntimeError as exc:  # how the SDK reports a failed connect
         raise connect_error(connection, str(exc)) from None
-    return client
 
 
 def _rpc_error(connection: TemporalConnection, exc: RPCError) -> Exception:

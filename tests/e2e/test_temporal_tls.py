@@ -365,3 +365,39 @@ async def test_other_connection_mistakes_each_name_their_setting(tls: Tls) -> No
             assert "\n" not in message and API_KEY not in message, (name, message)
     finally:
         silent.close()
+
+
+async def test_an_api_refused_by_temporal_still_starts_and_its_log_names_the_setting(
+    tls: Tls, standin: StandinProcess, tmp_path: Path
+) -> None:
+    # The API does not wait for Temporal at start-up (it may come up later), so a key that
+    # Temporal refuses shows in its log, and webhooks are answered 503: Polar retries them.
+    port = free_port()
+    env = service_env(
+        tls,
+        standin,
+        {
+            "TEMPORAL_ADDRESS": tls.api_key.address,
+            "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(tls.pki.ca_cert),
+            "TEMPORAL_API_KEY": "tmprl-revoked-key",
+            "CREDITS_API_PORT": str(port),
+        },
+    )
+    api = Process(["-m", "api"], env, tmp_path / "api.log")
+    try:
+        await api.wait_for(lambda: _contains(api, "TEMPORAL_API_KEY: "))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/readyz")).status_code == 503
+            customer_id = standin.create_customer()["id"]
+            order = standin.create_paid_order(customer_id, CREDIT_PRODUCT_ID, deliver=False)
+            body = await order_paid_body(standin, order["order"]["id"])
+            answer = await http.post(
+                "/webhooks/polar", content=body, headers=polar_signed_headers(WEBHOOK_SECRET, body)
+            )
+            assert answer.status_code == 503
+    finally:
+        api.stop()
+    [said] = [line for line in api.output().splitlines() if "TEMPORAL_API_KEY: " in line]
+    assert "refused the API key" in said
+    assert "tmprl-revoked-key" not in api.output() and "Traceback" not in api.output()
