@@ -156,18 +156,28 @@ def resolve_temporal(
             file_label = f"any file (TEMPORAL_CONFIG_FILE is unset and {file_label} is absent)"
         raise _profile_error(str(exc), profile_name, file_label) from None
 
-    from_file = config_file is not None or default_config_file().is_file()
+    if config_file is None:
+        from_file = default_config_file().is_file()
+    else:
+        from_file = config_file != os.devnull
     in_file = f"profile {profile_name or 'default'!r} of {file_label}"
 
-    def source(key: str, env_name: str) -> str:
-        return env_name if env_name in env or not from_file else f"{key} in {in_file}"
+    def source(key: str, env_name: str, value: object) -> str:
+        """The profile file's key when the value came from it, else the variable."""
+        if env_name in env or not from_file or value is None:
+            return env_name
+        return f"{key} in {in_file}"
 
     sources = {
-        "address": source("address", "TEMPORAL_ADDRESS"),
-        "namespace": source("namespace", "TEMPORAL_NAMESPACE"),
-        "api_key": source("api_key", "TEMPORAL_API_KEY"),
-        "tls": source("tls", "TEMPORAL_TLS"),
-        "server_name": source("tls.server_name", "TEMPORAL_TLS_SERVER_NAME"),
+        "address": source("address", "TEMPORAL_ADDRESS", profile.address),
+        "namespace": source("namespace", "TEMPORAL_NAMESPACE", profile.namespace),
+        "api_key": source("api_key", "TEMPORAL_API_KEY", profile.api_key),
+        "tls": source("tls", "TEMPORAL_TLS", profile.tls),
+        "server_name": source(
+            "tls.server_name",
+            "TEMPORAL_TLS_SERVER_NAME",
+            profile.tls.server_name if profile.tls else None,
+        ),
     }
     explicit = settings.model_fields_set
     address = settings.temporal_address

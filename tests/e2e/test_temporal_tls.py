@@ -318,7 +318,7 @@ async def test_a_process_that_cannot_connect_stops_at_once_naming_the_setting(
         assert API_KEY not in output and "PRIVATE KEY" not in output, case.name
 
 
-async def test_other_connection_mistakes_each_name_their_setting(tls: Tls) -> None:
+async def test_other_connection_mistakes_each_name_their_setting(tls: Tls, tmp_path: Path) -> None:
     """The same start-up path (`connect_temporal`) in this process, for the mistakes a process
     would report the same way: what it says, and whether it is a bad setting (exit 2) or an
     unreachable server (exit 1)."""
@@ -335,7 +335,16 @@ async def test_other_connection_mistakes_each_name_their_setting(tls: Tls) -> No
     # A server that accepts the connection and never says a word: only the connect timeout
     # (CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS) ends the wait.
     silent = socket.create_server(("127.0.0.1", 0))
+    profiles = tmp_path / "temporal.toml"
+    profiles.write_text(
+        f'[profile.cloud]\naddress = "{tls.api_key.address}"\nnamespace = "no-such-ns"\n'
+        f'[profile.cloud.tls]\nserver_ca_cert_path = "{pki.ca_cert}"\n'
+    )
     cases = [
+        ("an unknown namespace in a profile file: named as the file's key",
+         {"TEMPORAL_CONFIG_FILE": str(profiles), "TEMPORAL_PROFILE": "cloud",
+          "TEMPORAL_API_KEY": API_KEY},
+         SettingsError, f"namespace in profile 'cloud' of {profiles}: "),
         ("a certificate from another CA",
          {"TEMPORAL_ADDRESS": tls.mtls.address,
           "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(pki.ca_cert),
