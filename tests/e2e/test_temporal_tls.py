@@ -50,7 +50,7 @@ WAIT_SECONDS = 60.0
 class Tls:
     pki: Pki
     mtls: GrpcTlsProxy  # requires a client certificate signed by the test CA
-    api_key: GrpcTlsProxy  # requires `authorization: Bearer API_KEY`
+    api_key: GrpcTlsProxy  # requires `authorization: Bearer API_KEY`, for namespace "default"
     rules: Path
     home: Path  # XDG_CONFIG_HOME of every process: no one's own Temporal profile file
 
@@ -66,7 +66,9 @@ def tls(
     dev_server = temporal_env.client.service_client.config.target_host
     proxy = dict(cert=pki.server.cert, key=pki.server.key)
     mtls = GrpcTlsProxy(dev_server, client_ca=pki.ca_cert, log_path=base / "mtls.log", **proxy)
-    api_key = GrpcTlsProxy(dev_server, api_key=API_KEY, log_path=base / "key.log", **proxy)
+    api_key = GrpcTlsProxy(
+        dev_server, api_key=API_KEY, key_namespace="default", log_path=base / "key.log", **proxy
+    )
     with mtls, api_key:
         yield Tls(pki=pki, mtls=mtls, api_key=api_key, rules=rules, home=base / "home")
 
@@ -280,7 +282,7 @@ async def test_a_process_that_cannot_connect_stops_at_once_naming_the_setting(
         Refusal("a wrong API key", {**keyed, "TEMPORAL_API_KEY": "tmprl-wrong"}, ExitCode.USAGE,
                 "TEMPORAL_API_KEY: "),
         Refusal("an unknown namespace",
-                {**keyed, "TEMPORAL_API_KEY": API_KEY, "TEMPORAL_NAMESPACE": "no-such-ns"},
+                {**mtls, **client_cert, "TEMPORAL_NAMESPACE": "no-such-ns"},
                 ExitCode.USAGE, "TEMPORAL_NAMESPACE: "),
         Refusal("nothing listening at the address",
                 {"TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"},
@@ -359,6 +361,9 @@ async def test_other_connection_mistakes_each_name_their_setting(tls: Tls, tmp_p
         ("a server name not in the server's certificate",
          {**keyed, "TEMPORAL_TLS_SERVER_NAME": "example.com"},
          SettingsError, "TEMPORAL_TLS_SERVER_NAME: "),
+        ("an API key not granted on that namespace",
+         {**keyed, "TEMPORAL_NAMESPACE": "someone-elses"}, SettingsError,
+         f"TEMPORAL_NAMESPACE: Temporal at {tls.api_key.address} does not let these credentials"),
         ("a server that never answers",
          {"TEMPORAL_ADDRESS": f"127.0.0.1:{silent.getsockname()[1]}"},
          TemporalUnreachable, "TEMPORAL_ADDRESS: no answer from Temporal"),

@@ -6,7 +6,9 @@ WorkflowService, OperatorService and the health service are all unary, long poll
 Two ways to refuse a client, as the servers it stands for do:
 - mTLS (`--client-ca`): the TLS handshake requires a client certificate signed by that CA;
 - API key (GRPC_PROXY_API_KEY in its environment): every call must carry the metadata
-  `authorization: Bearer <key>` (what temporalio sends for `api_key`), else UNAUTHENTICATED.
+  `authorization: Bearer <key>` (what temporalio sends for `api_key`), else UNAUTHENTICATED;
+  with `--key-namespace`, the key is good for that namespace only, as a Temporal Cloud key is
+  (a call naming another in its `temporal-namespace` metadata gets PERMISSION_DENIED).
 
 Run as its own process (`GrpcTlsProxy` starts and stops it by its PID), so its event loop and
 threads are apart from the test's.
@@ -44,9 +46,10 @@ class GrpcTlsProxy:
         log_path: Path,
         client_ca: Path | None = None,
         api_key: str | None = None,
+        key_namespace: str | None = None,
     ) -> None:
         self.upstream, self.cert, self.key, self.client_ca = upstream, cert, key, client_ca
-        self.api_key, self.log_path = api_key, log_path
+        self.api_key, self.key_namespace, self.log_path = api_key, key_namespace, log_path
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -62,6 +65,8 @@ class GrpcTlsProxy:
         ]  # fmt: skip
         if self.client_ca is not None:
             argv += ["--client-ca", str(self.client_ca)]
+        if self.key_namespace is not None:
+            argv += ["--key-namespace", self.key_namespace]
         env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
         if self.api_key is not None:
             env[API_KEY_ENV] = self.api_key
@@ -97,7 +102,7 @@ class GrpcTlsProxy:
 # --- The proxy process ---------------------------------------------------------------------
 
 
-def _handler(upstream: object, api_key: str | None) -> object:
+def _handler(upstream: object, api_key: str | None, key_namespace: str | None) -> object:
     import grpc
 
     expected = f"Bearer {api_key}" if api_key is not None else None
@@ -114,6 +119,11 @@ def _handler(upstream: object, api_key: str | None) -> object:
                     if given != [expected]:
                         await context.abort(
                             grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key"
+                        )
+                    namespace = dict(metadata).get("temporal-namespace")
+                    if key_namespace is not None and namespace not in (None, key_namespace):
+                        await context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED, "Request unauthorized."
                         )
                 passed = [(k, v) for k, v in metadata if k not in _HOP_BY_HOP]
                 remaining = context.time_remaining()
@@ -143,12 +153,15 @@ def _credentials(args: argparse.Namespace) -> object:
     )
 
 
-async def _serve(port: int, upstream_address: str, credentials: object) -> None:
+async def _serve(
+    port: int, upstream_address: str, credentials: object, key_namespace: str | None
+) -> None:
     import grpc
 
     upstream = grpc.aio.insecure_channel(upstream_address, options=_UNLIMITED)
     server = grpc.aio.server(options=_UNLIMITED)
-    server.add_generic_rpc_handlers((_handler(upstream, os.environ.get(API_KEY_ENV)),))
+    handler = _handler(upstream, os.environ.get(API_KEY_ENV), key_namespace)
+    server.add_generic_rpc_handlers((handler,))
     server.add_secure_port(f"127.0.0.1:{port}", credentials)
     await server.start()
     print(f"{READY} on 127.0.0.1:{port} (upstream {upstream_address})", flush=True)
@@ -162,9 +175,10 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--client-ca")
+    parser.add_argument("--key-namespace")
     args = parser.parse_args()
     try:
-        asyncio.run(_serve(args.port, args.upstream, _credentials(args)))
+        asyncio.run(_serve(args.port, args.upstream, _credentials(args), args.key_namespace))
     except KeyboardInterrupt:
         pass
 
