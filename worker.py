@@ -8,8 +8,10 @@ once polling, it stops polling, cancels the activities still running (Temporal r
 and exits. If Temporal does not let the worker finish within STOP_TIMEOUT_SECONDS, or a
 second signal comes, it exits without waiting. Exit status: 0 after a stop; 1 when Temporal
 cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file
-(including one that drops a rule key which has granted: polar_credits/rule_keys.py), or when
-the rules registry was written under an encryption key the worker lacks.
+(including one that drops a rule key which has granted: polar_credits/rule_keys.py, and a
+Temporal connection that can never work: a bad certificate, key, API key or namespace,
+polar_credits/temporal_client.py), or when the rules registry was written under an encryption
+key the worker lacks. Each failure is one line naming the setting to fix.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ from polar_credits.rule_keys import (  # noqa: E402
 )
 from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
-from polar_credits.temporal_client import connect_temporal  # noqa: E402
+from polar_credits.temporal_client import (  # noqa: E402
+    TemporalConnection,
+    TemporalUnreachable,
+    connect_temporal,
+    resolve_temporal,
+)
 from polar_credits.worker_health import HealthServer, WorkerHealth, internal_port  # noqa: E402
 from polar_credits.worker_metrics import GatewayMetrics, client_meter, worker_runtime  # noqa: E402
 from workflows.backfill import BackfillWorkflow  # noqa: E402
@@ -240,17 +247,13 @@ class _StopRequest:
         _exit_process(EXIT_STOPPED)
 
 
-async def serve(settings: Settings, rules: RulesFile) -> int:
+async def serve(settings: Settings, rules: RulesFile, connection: TemporalConnection) -> int:
     """Poll until SIGINT or SIGTERM, then stop the workers; returns the exit status."""
     stop = _StopRequest()
     if stop.event.is_set():
         log.info("stopped before Temporal was connected")
         return EXIT_STOPPED
-    log.info(
-        "connecting to Temporal at %s (namespace %r)",
-        settings.temporal_address,
-        settings.temporal_namespace,
-    )
+    log.info("connecting to Temporal at %s", connection.describe())
     health = WorkerHealth()
     endpoint: HealthServer | None = None
     try:
@@ -263,7 +266,7 @@ async def serve(settings: Settings, rules: RulesFile) -> int:
         )
         return EXIT_FAILED
     try:
-        return await _run(settings, rules, stop, runtime, health)
+        return await _run(settings, rules, connection, stop, runtime, health)
     finally:
         if endpoint is not None:
             await endpoint.close()
@@ -306,11 +309,14 @@ async def _start_metrics(
 async def _run(
     settings: Settings,
     rules: RulesFile,
+    connection: TemporalConnection,
     stop: _StopRequest,
     runtime: Runtime | None,
     health: WorkerHealth,
 ) -> int:
-    connecting = asyncio.ensure_future(connect_temporal(settings, runtime=runtime))
+    connecting = asyncio.ensure_future(
+        connect_temporal(settings, runtime=runtime, connection=connection)
+    )
     stopping = asyncio.ensure_future(stop.event.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -322,11 +328,11 @@ async def _run(
         return EXIT_STOPPED
     try:
         client = connecting.result()
-    except RuntimeError as exc:  # Client.connect reports an unreachable server this way
-        print(
-            f"polar-credits worker: cannot reach Temporal at {settings.temporal_address}: {exc}",
-            file=sys.stderr,
-        )
+    except SettingsError as exc:  # a certificate, key, API key or namespace that cannot work
+        print(f"polar-credits worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except TemporalUnreachable as exc:
+        print(f"polar-credits worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
     health.connected(client)
     try:
@@ -346,11 +352,10 @@ async def _run(
             health=health,
         )
         log.info(
-            "worker polling task queue %r on %s (namespace %r), Polar at %s, %d rule(s), "
+            "worker polling task queue %r on %s, Polar at %s, %d rule(s), "
             "Polar call budget %d/min for all workers",
             settings.credits_task_queue,
-            settings.temporal_address,
-            settings.temporal_namespace,
+            connection.describe(),
             settings.polar_target,
             len(rules.rules),
             settings.polar_budget_per_minute,
@@ -374,13 +379,16 @@ def main(*, allow_dropped_keys: bool = False) -> NoReturn:
             settings = settings.model_copy(update={"credits_allow_dropped_rule_keys": True})
         assert settings.credits_rules_file is not None
         rules = load_rules(settings.credits_rules_file)
+        # TLS files and the profile are read once, here: a bad one stops start-up at once.
+        connection = resolve_temporal(settings)
+        settings = connection.applied_to(settings)
     except (SettingsError, RulesError) as exc:
         print(f"polar-credits worker: {exc}", file=sys.stderr)
         _exit_process(EXIT_BAD_SETTINGS)
     configure_logging(log_format=settings.credits_log_format)
     with asyncio.Runner() as runner:
         try:
-            status = runner.run(serve(settings, rules))
+            status = runner.run(serve(settings, rules, connection))
         except Exception:
             log.exception("the worker failed")
             status = EXIT_FAILED

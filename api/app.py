@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -19,8 +21,32 @@ from api.operator.rules import router as rules_router
 from polar_credits.codec import payload_codec
 from polar_credits.operators import load_operator_tokens
 from polar_credits.rules import load_rules
-from polar_credits.settings import Settings
-from polar_credits.temporal_client import connect_temporal
+from polar_credits.settings import Settings, SettingsError
+from polar_credits.temporal_client import (
+    TemporalConnection,
+    TemporalUnreachable,
+    check_temporal,
+    connect_temporal,
+    resolve_temporal,
+)
+
+log = logging.getLogger("polar_credits.api")
+
+
+async def _report_temporal(
+    client: Client, connection: TemporalConnection, settings: Settings
+) -> None:
+    """Connect once in the background and log what is wrong, naming the setting: the API
+    starts whatever Temporal's state, but a refused API key or certificate, or an unknown
+    namespace, would otherwise only show as 503s."""
+    try:
+        await check_temporal(client, connection, settings)
+    except SettingsError as exc:
+        log.error("Temporal refuses this API's settings: %s", exc)
+    except TemporalUnreachable as exc:
+        log.warning("Temporal is not reachable yet: %s", exc)
+    else:
+        log.info("Temporal reachable at %s", connection.describe())
 
 
 def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
@@ -30,17 +56,35 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     Reads the rules file (CREDITS_RULES_FILE, the worker's) for the metadata keys its rules
     name (no other metadata is copied into a workflow) and for the products whose
     subscriptions have an allowance run (rules with `every`). Raises RulesError, and
-    SettingsError for a doubtful operator token (polar_credits/operators.py)."""
+    SettingsError for a doubtful operator token (polar_credits/operators.py).
+
+    Without `temporal`, resolves the Temporal connection now (polar_credits/temporal_client.py):
+    a setting that can never work (an unreadable certificate or key, a malformed profile file,
+    an unknown TEMPORAL_PROFILE) raises SettingsError before the server starts."""
     assert settings.polar_webhook_secret is not None
     operator_tokens = load_operator_tokens(settings)
+    connection = None
+    if temporal is None:
+        connection = resolve_temporal(settings)
+        settings = connection.applied_to(settings)  # links to the UI name the namespace used
     rules_file = settings.credits_rules_file
     rules = load_rules(rules_file) if rules_file else None
     metadata_keys = rules.metadata_keys() if rules else frozenset()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.temporal = temporal or await connect_temporal(settings, lazy=True)
+        app.state.temporal = temporal or await connect_temporal(
+            settings, lazy=True, connection=connection
+        )
+        checking = None
+        if connection is not None:
+            log.info("Temporal at %s; not waiting for it to start", connection.describe())
+            checking = asyncio.create_task(
+                _report_temporal(app.state.temporal, connection, settings)
+            )
         yield
+        if checking is not None:
+            checking.cancel()
 
     app = FastAPI(
         title="polar-credits",

@@ -14,14 +14,21 @@ import sys
 import uuid
 
 import httpx
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import WorkflowFailureError
 
 from polar_credits.models import OrderCreditsState
+from polar_credits.settings import SettingsError, load_settings
 from polar_credits.stack import (
     STANDIN_TOKEN,
     default_api_url,
     default_standin_url,
     default_temporal_address,
+)
+from polar_credits.temporal_client import (
+    TemporalUnreachable,
+    connect_temporal,
+    dev_server_env,
+    resolve_temporal,
 )
 from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_PRODUCT_NAME
 
@@ -115,9 +122,14 @@ async def workflow_result(
     address: str, namespace: str, workflow_id: str, wait_seconds: float
 ) -> OrderCreditsState:
     try:
-        client = await Client.connect(address, namespace=namespace)
-    except RuntimeError as exc:
-        raise DemoError(f"Cannot reach Temporal at {address}: {exc}") from None
+        settings = load_settings().model_copy(
+            update={"temporal_address": address, "temporal_namespace": namespace}
+        )
+        # The local stack's dev server: no TLS or profile meant for another cluster.
+        connection = resolve_temporal(settings, dev_server_env(os.environ))
+        client = await connect_temporal(settings, connection=connection)
+    except (SettingsError, TemporalUnreachable) as exc:
+        raise DemoError(f"Cannot use Temporal: {exc}") from None
     handle = client.get_workflow_handle(workflow_id, result_type=OrderCreditsState)
     try:
         async with asyncio.timeout(wait_seconds):

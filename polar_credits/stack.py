@@ -25,6 +25,7 @@ import httpx
 
 from polar_credits.search_attributes import dev_server_flags
 from polar_credits.settings import Settings, SettingsError, load_settings
+from polar_credits.temporal_client import dev_server_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,9 +250,12 @@ def load_config(env: Mapping[str, str] = os.environ) -> tuple[Settings, StackCon
 
 
 def child_env(settings: Settings, config: StackConfig, env: Mapping[str, str]) -> dict[str, str]:
-    child = dict(env)
+    # The children talk to the dev server started here, in plaintext: no API key, TLS setting
+    # or profile file meant for another cluster applies (polar_credits/temporal_client.py).
+    child = dev_server_env(env)
     child.update(
         TEMPORAL_ADDRESS=config.temporal_address,
+        TEMPORAL_NAMESPACE=config.namespace,
         TEMPORAL_UI_URL=config.temporal_ui_url,
         CREDITS_API_HOST=config.api_host,
         CREDITS_API_PORT=str(config.api_port),
