@@ -26,6 +26,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from polar_credits import ui_summaries as ui
 from polar_credits.models import VerificationPolicy
 from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
 from polar_credits.settings import Settings
@@ -49,6 +50,7 @@ def reconcile_input(settings: Settings) -> ReconcileInput:
 
 
 def reconcile_schedule(settings: Settings) -> Schedule:
+    text = ui.reconcile_start(scheduled=True)
     return Schedule(
         action=ScheduleActionStartWorkflow(
             ReconcileWorkflow.run,
@@ -56,6 +58,8 @@ def reconcile_schedule(settings: Settings) -> Schedule:
             id=RUN_ID_PREFIX,  # Temporal appends the scheduled time
             task_queue=settings.credits_task_queue,
             execution_timeout=RUN_TIMEOUT,
+            static_summary=text.summary,
+            static_details=text.details,
         ),
         spec=ScheduleSpec(
             intervals=[
@@ -129,10 +133,13 @@ async def _turn_off(client: Client) -> None:
 async def start_reconcile_now(client: Client, settings: Settings) -> WorkflowHandle:
     """A run now, beside the schedule's (same input): what `POST /reconcile` starts."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    text = ui.reconcile_start(scheduled=False)
     return await client.start_workflow(
         ReconcileWorkflow.run,
         reconcile_input(settings),
         id=f"{RUN_ID_PREFIX}-now-{stamp}",
         task_queue=settings.credits_task_queue,
         execution_timeout=RUN_TIMEOUT,
+        static_summary=text.summary,
+        static_details=text.details,
     )

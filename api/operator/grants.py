@@ -40,6 +40,7 @@ from api.operator.auth import OPERATOR
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.operator_grants import (
     MAX_KEY_CHARS,
@@ -529,6 +530,9 @@ async def create_grant(
 async def _start_manual_grant(
     temporal: Client, settings: Settings, body: ManualGrantBody, meter: GrantMeter, fingerprint: str
 ) -> None:
+    text = ui.manual_grant_start(
+        body.idempotency_key, body.customer_id, body.meter, body.units, via=ui.VIA_OPERATOR_API
+    )
     await temporal.start_workflow(
         ManualGrantWorkflow.run,
         ManualGrantInput(
@@ -557,6 +561,8 @@ async def _start_manual_grant(
                 ),
             ]
         ),
+        static_summary=text.summary,
+        static_details=text.details,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
 
@@ -594,6 +600,9 @@ async def revoke_grant(
         raise _not_found(grant_id)
     kind = _KINDS_BY_TYPE[description.workflow_type]
     input = await _revoke_input(handle, kind, description, body)
+    text = ui.revoke_start(
+        grant_id, input.customer_id, input.units, input.allow_negative, via=ui.VIA_OPERATOR_API
+    )
     try:
         await temporal.start_workflow(
             RevokeGrantWorkflow.run,
@@ -613,6 +622,8 @@ async def revoke_grant(
                     ),
                 ]
             ),
+            static_summary=text.summary,
+            static_details=text.details,
             rpc_timeout=TEMPORAL_TIMEOUT,
         )
         code = status.HTTP_201_CREATED
@@ -750,6 +761,7 @@ async def rerun_order(
             "that failed, was terminated, canceled or timed out is run again.",
         )
     input = await _first_input(temporal, handle.id, description.run_id)
+    text = ui.order_run(input.order, via=ui.VIA_RERUN)
     try:
         started = await temporal.start_workflow(
             OrderCreditsWorkflow.run,
@@ -758,6 +770,8 @@ async def rerun_order(
             task_queue=settings.credits_task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             search_attributes=TypedSearchAttributes(sa.order_start_attributes(input.order)),
+            static_summary=text.summary,
+            static_details=text.details,
             rpc_timeout=TEMPORAL_TIMEOUT,
         )
     except WorkflowAlreadyStartedError as exc:
