@@ -487,6 +487,11 @@ def activity_ingest(units: int, events: int = 1) -> str:
     return what if events == 1 else f"{what} in {events} events"
 
 
+def activity_grant_allowance(units: int | None, rule_id: str, period: str) -> str:
+    amount = credits(units) if units is not None else "a top-up"
+    return _summary(f"grant {amount} for the period from {when(period)}", _rules([rule_id]))
+
+
 def activity_take_back(units: int) -> str:
     return f"take back {credits(units)}"
 

@@ -166,7 +166,7 @@ class SubscriptionAllowanceWorkflow:
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=INGEST_RETRY,
-                summary=ui.allowance_granting(rule.units, rule.rule_id, period),
+                summary=ui.activity_grant_allowance(rule.units, rule.rule_id, period),
             )
         except ActivityError as err:
             # Polar refused the event for good (a 422): this period is lost, visibly; the

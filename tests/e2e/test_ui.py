@@ -124,7 +124,11 @@ async def test_an_allowance_run_shows_the_date_of_its_next_period(stack: Stack) 
     # The timeline: the grant names its amount and period; the timer says what it waits for.
     activities = await timeline(handle, "activity")
     assert [name for name, _ in activities] == ["grant_allowance"]
-    assert activities[0][1] is not None and activities[0][1].startswith("granting 100 credits")
+    started = subscription["started_at"]
+    assert activities[0][1] == (
+        f"grant 100 credits for the period from {started[:10]} {started[11:16]} UTC"
+        " · rule monthly-on-yearly"
+    )
     timers = await timeline(handle, "timer")
     assert timers and timers[-1][1] == f"next period {day} {clock} UTC"
 
