@@ -14,9 +14,11 @@ from typing import TypeVar
 import httpx
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import WorkflowHandle
+from temporalio.client import ScheduleActionStartWorkflow, WorkflowHandle
 from temporalio.converter import PayloadConverter
 
+from polar_credits.reconcile_schedule import ensure_reconcile_schedule
+from polar_credits.reconciliation import SCHEDULE_ID
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_allowances import (
     one_month_after,
@@ -154,3 +156,18 @@ async def test_a_manual_grant_shows_units_and_key_but_not_the_reason(
     done = await current_details(handle)
     assert done == "done · granted 25 credits · verified"
     personal_free(summary, details, done, *(s for _, s in await timeline(handle, "activity")))
+
+
+async def test_the_reconcile_schedule_starts_runs_that_say_what_they_are(stack: Stack) -> None:
+    handle = stack.temporal.get_schedule_handle(SCHEDULE_ID)
+    hourly = stack.settings.model_copy(update={"credits_reconcile_interval_seconds": 3600})
+    try:
+        await ensure_reconcile_schedule(stack.temporal, hourly)
+        action = (await handle.describe()).schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        # As described, the action's user metadata is still a payload.
+        assert action.static_summary is not None and not isinstance(action.static_summary, str)
+        summary = PayloadConverter.default.from_payload(action.static_summary, str)
+        assert summary == "reconciliation · scheduled"
+    finally:
+        await handle.delete()
