@@ -6,14 +6,18 @@ has looked."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pytest
 from temporalio import activity
+from temporalio.api.common.v1 import Payload
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import WorkflowHandle
-from temporalio.converter import PayloadConverter
+from temporalio.client import Client, WorkflowHandle
+from temporalio.converter import DataConverter, PayloadCodec, PayloadConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -197,3 +201,76 @@ async def test_current_details_follow_the_order_run_through_each_phase(
         "ingest_order_grants": "ingest 15 credits in 2 events",
         "verify_grants": "verify the balance on api_calls",
     }
+
+
+class MarkingCodec(PayloadCodec):
+    """Stands in for an encrypting codec: wraps each payload, so a wrapped one is visible."""
+
+    ENCODING = b"binary/ui-test-codec"
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [
+            Payload(metadata={"encoding": self.ENCODING}, data=p.SerializeToString())
+            for p in payloads
+        ]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [Payload.FromString(p.data) for p in payloads]
+
+
+async def test_a_payload_codec_encodes_summaries_and_details_too(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """What the README says of encrypted histories: temporalio passes user metadata (the start's
+    summary and details, activity summaries, current details) through the payload codec."""
+    codec = MarkingCodec()
+    client = Client(
+        **{
+            **skipping_env.client.config(),
+            "data_converter": dataclasses.replace(DataConverter.default, payload_codec=codec),
+        }
+    )
+    order_id = f"{ORDER_ID[:-8]}{uuid.uuid4().hex[:8]}"
+    fake = GatedPolar(order_id)
+    for gate in (fake.deciding, fake.granting, fake.verifying):
+        gate.opened.set()
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=queue, workflows=[OrderCreditsWorkflow], activities=fake.activities()
+    ):
+        handle = await client.start_workflow(
+            OrderCreditsWorkflow.run,
+            OrderCreditsInput(
+                order=OrderFacts(
+                    order_id=order_id,
+                    customer_id="customer-1",
+                    billing_reason="purchase",
+                    status="paid",
+                    product_id="product-1",
+                )
+            ),
+            id=order_workflow_id(order_id),
+            task_queue=queue,
+            static_summary="order summary",
+            static_details="order details",
+        )
+        await handle.result()
+        # Read back through the codec: the words as written.
+        described = await handle.describe()
+        assert await described.static_summary() == "order summary"
+        assert (await current_details(handle)).startswith("done · granted 15 credits")
+        # The current details leave the worker encoded too: raw, they are not readable.
+        raw = skipping_env.client.get_workflow_handle(handle.id)
+        with pytest.raises(KeyError, match="Unknown payload encoding"):
+            await current_details(raw)
+
+    # Read raw (no codec): every piece of user metadata is the codec's output.
+    wrapped = []
+    async for event in raw.fetch_history_events():
+        if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
+            wrapped.append(event.user_metadata.summary.metadata["encoding"])
+        if event.HasField("user_metadata") and event.user_metadata.HasField("details"):
+            wrapped.append(event.user_metadata.details.metadata["encoding"])
+    # The start's summary and details, and the three activities' summaries at least.
+    assert len(wrapped) >= 5
+    assert set(wrapped) == {MarkingCodec.ENCODING}
