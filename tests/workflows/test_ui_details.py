@@ -10,7 +10,7 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio import activity
@@ -21,6 +21,7 @@ from temporalio.converter import DataConverter, PayloadCodec, PayloadConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from polar_credits import ui_summaries as ui
 from polar_credits.models import (
     DecideOrderInput,
     FirstOrderFact,
@@ -37,6 +38,8 @@ from polar_credits.models import (
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
+from tests.workflows import test_subscription_allowance as allowance
+from tests.workflows.test_subscription_allowance import _terminate_runs  # noqa: F401 - autouse
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 ORDER_ID = "9a41c0de-0000-4000-8000-000000000001"
@@ -274,3 +277,53 @@ async def test_a_payload_codec_encodes_summaries_and_details_too(
     # The start's summary and details, and the three activities' summaries at least.
     assert len(wrapped) >= 5
     assert set(wrapped) == {MarkingCodec.ENCODING}
+
+
+# -- the allowance run ------------------------------------------------------------------------
+
+
+async def test_current_details_follow_an_allowance_through_its_months(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    """Not paid, then waiting for each next period (with its date), held while past due, and
+    done when the subscription ends; each timer says which period it waits for."""
+    env = skipping_env
+    queue = f"ui-allowance-{uuid.uuid4().hex[:8]}"
+    anchor = await allowance.start_of_next_jan_31(env)
+    sub = allowance.Subscription(anchor=anchor)
+    first, second = allowance.month(anchor, 1), allowance.month(anchor, 2)
+    async with allowance.worker(env, allowance.FakePolar(), queue):
+        await allowance.sleep_until(env, anchor)
+        handle = await allowance.signal_with_start(
+            env, queue, sub.webhook("subscription.created", anchor)
+        )
+        await env.sleep(timedelta(minutes=1))
+        unpaid = await current_details(handle)
+        await allowance.tell(env, handle, sub.paid_order(await allowance.now(env)))
+        waiting = await current_details(handle)
+        await allowance.change(env, handle, sub, "subscription.updated", status="past_due")
+        await allowance.sleep_until(env, first + timedelta(days=1))
+        held = await current_details(handle)
+        await allowance.change(env, handle, sub, "subscription.updated", status="active")
+        waiting_again = await current_details(handle)
+        await allowance.change(
+            env, handle, sub, "subscription.canceled", status="canceled", ended_at=second
+        )
+        ended = await current_details(handle)
+        timers = [
+            PayloadConverter.default.from_payload(event.user_metadata.summary, str)
+            async for event in handle.fetch_history_events()
+            if event.HasField("timer_started_event_attributes")
+        ]
+
+    assert unpaid == "held: not paid · waiting for the subscription's first paid order"
+    assert waiting == (
+        f"waiting for the next period · {ui.when(first)} · 1 period granted, 100 credits in all"
+    )
+    assert held == "held: the subscription is past_due · 1 period granted, 100 credits in all"
+    assert waiting_again == (
+        f"waiting for the next period · {ui.when(second)} · 2 periods granted, 200 credits in all"
+    )
+    assert ended == "done · the subscription ended · 2 periods granted, 200 credits in all"
+    assert f"next period {ui.when(first)}" in timers
+    assert f"next period {ui.when(second)}" in timers
