@@ -65,7 +65,7 @@ def short_workflow_id(workflow_id: str) -> str:
     return short(workflow_id)
 
 
-def credits(units: int | float) -> str:
+def in_credits(units: int | float) -> str:
     n = int(units) if float(units).is_integer() else units
     return f"{n} credit" if n == 1 else f"{n} credits"
 
@@ -111,7 +111,7 @@ VIA_WEBHOOK = "Polar's webhook"
 VIA_RECONCILIATION = "reconciliation"
 VIA_RERUN = "an operator's rerun"
 VIA_OPERATOR_API = "the operator API"
-VIA_WORKER = "a worker"
+VIA_RECOVER = "recovery from Polar (polar-credits recover)"
 
 
 class StartText(NamedTuple):
@@ -184,7 +184,7 @@ def manual_grant_start(
 ) -> StartText:
     """The operator's reason is left out: free text may name a person."""
     summary = _summary(
-        f"manual grant {credits(units)}", f"meter {_plain(meter, 40)}", f"key {short(key)}"
+        f"manual grant {in_credits(units)}", f"meter {_plain(meter, 40)}", f"key {short(key)}"
     )
     details = _details(
         f"An operator's manual grant (started by {via})",
@@ -198,7 +198,7 @@ def revoke_start(
 ) -> StartText:
     summary = _summary(
         f"revoke of {short_workflow_id(grant_id)}",
-        credits(units) if units is not None else "all it granted",
+        in_credits(units) if units is not None else "all it granted",
         "may go negative" if allow_negative else "capped at the balance",
     )
     details = _details(
@@ -230,7 +230,7 @@ def backfill_start(
     else:
         whom = _plain(target, 40).replace("_", " ")
     summary = _summary(
-        f"backfill {short(key)}", f"{credits(units)} each", f"meter {_plain(meter, 40)}", whom
+        f"backfill {short(key)}", f"{in_credits(units)} each", f"meter {_plain(meter, 40)}", whom
     )
     details = _details(
         f"A backfill: one grant to each customer of a target (started by {via})",
@@ -300,20 +300,20 @@ def order_deciding(order_id: str) -> str:
 
 
 def order_granting(units: int, rule_ids: Iterable[str]) -> str:
-    return _summary(f"granting {credits(units)}", _rules(rule_ids))
+    return _summary(f"granting {in_credits(units)}", _rules(rule_ids))
 
 
 def order_verifying(units: int) -> str:
-    return f"verifying{SEP}granted {credits(units)}{SEP}waiting for Polar's balance to show it"
+    return f"verifying{SEP}granted {in_credits(units)}{SEP}waiting for Polar's balance to show it"
 
 
 def order_done(status: str, units: int = 0, rule_ids: Iterable[str] = ()) -> str:
     """The outcome, by the run's credit status."""
     if status == "verified":
-        return _summary(f"done{SEP}granted {credits(units)}{SEP}verified", _rules(rule_ids))
+        return _summary(f"done{SEP}granted {in_credits(units)}{SEP}verified", _rules(rule_ids))
     if status == "unverified":
         return _summary(
-            f"done{SEP}granted {credits(units)}{SEP}unverified (the balance did not show it in "
+            f"done{SEP}granted {in_credits(units)}{SEP}unverified (the balance did not show it in "
             "time; the grant stands)",
             _rules(rule_ids),
         )
@@ -338,7 +338,7 @@ def allowance_waiting(
     """What the allowance run waits for, by its status (AllowanceStatus values)."""
     so_far = (
         f"{grants_total} period{'s' if grants_total != 1 else ''} granted, "
-        f"{credits(units_total)} in all"
+        f"{in_credits(units_total)} in all"
         if grants_total
         else None
     )
@@ -362,7 +362,7 @@ def allowance_deciding() -> str:
 
 
 def allowance_granting(units: int | None, rule_id: str, period: str) -> str:
-    amount = credits(units) if units is not None else "a top-up"
+    amount = in_credits(units) if units is not None else "a top-up"
     return _summary(f"granting {amount}", f"period {when(period)}", _rules([rule_id]))
 
 
@@ -370,12 +370,12 @@ def allowance_done(why: str, grants_total: int, units_total: int) -> str:
     return _summary(
         f"done{SEP}{_plain(why, 80)}",
         f"{grants_total} period{'s' if grants_total != 1 else ''} granted, "
-        f"{credits(units_total)} in all",
+        f"{in_credits(units_total)} in all",
     )
 
 
 def manual_granting(units: int) -> str:
-    return f"granting {credits(units)}"
+    return f"granting {in_credits(units)}"
 
 
 def manual_verifying(units: int) -> str:
@@ -391,13 +391,13 @@ def revoke_reading() -> str:
 
 
 def revoke_revoking(units: int, capped: bool) -> str:
-    return _summary(f"revoking {credits(units)}", "capped at the balance" if capped else None)
+    return _summary(f"revoking {in_credits(units)}", "capped at the balance" if capped else None)
 
 
 def revoke_done(status: str, units: int, capped: bool) -> str:
     if status == "revoked":
         return _summary(
-            f"done{SEP}revoked {credits(units)}", "capped at the balance" if capped else None
+            f"done{SEP}revoked {in_credits(units)}", "capped at the balance" if capped else None
         )
     if status == "nothing_to_revoke":
         return f"done{SEP}nothing to revoke (the balance is used up)"
@@ -475,25 +475,25 @@ def activity_first_order() -> str:
 
 
 def activity_reserve(units: int) -> str:
-    return f"reserve up to {credits(units)} under per-customer caps"
+    return f"reserve up to {in_credits(units)} under per-customer caps"
 
 
 def activity_release(units: int) -> str:
-    return f"give back {credits(units)} reserved under caps"
+    return f"give back {in_credits(units)} reserved under caps"
 
 
 def activity_ingest(units: int, events: int = 1) -> str:
-    what = f"ingest {credits(units)}"
+    what = f"ingest {in_credits(units)}"
     return what if events == 1 else f"{what} in {events} events"
 
 
 def activity_grant_allowance(units: int | None, rule_id: str, period: str) -> str:
-    amount = credits(units) if units is not None else "a top-up"
+    amount = in_credits(units) if units is not None else "a top-up"
     return _summary(f"grant {amount} for the period from {when(period)}", _rules([rule_id]))
 
 
 def activity_take_back(units: int) -> str:
-    return f"take back {credits(units)}"
+    return f"take back {in_credits(units)}"
 
 
 def activity_verify(meters: Iterable[str]) -> str:
@@ -506,7 +506,7 @@ def activity_read_meter(meter: str) -> str:
 
 
 def activity_grant_page(page: int, units: int) -> str:
-    return f"grant {credits(units)} to each customer of page {page}"
+    return f"grant {in_credits(units)} to each customer of page {page}"
 
 
 def activity_reconcile_page(page: int) -> str:
