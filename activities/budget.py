@@ -14,6 +14,7 @@ from datetime import timedelta
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
+from polar_credits import ui_summaries as ui
 from workflows.polar_budget import (
     BudgetState,
     Permit,
@@ -39,6 +40,7 @@ class TemporalBudget:
 
     async def acquire(self) -> None:
         wait = 0.2
+        text = ui.budget_start(self.task_queue, self.per_minute)
         while True:
             try:
                 permit: Permit = await self._client.execute_update_with_start_workflow(
@@ -50,6 +52,8 @@ class TemporalBudget:
                         id=self.workflow_id,
                         task_queue=self.task_queue,
                         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        static_summary=text.summary,
+                        static_details=text.details,
                     ),
                     rpc_timeout=RPC_TIMEOUT,
                 )

@@ -18,6 +18,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.decision import cap_outcome
 from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
 from workflows.customer_ledger import (
@@ -41,6 +42,7 @@ class LedgerActivities:
         if input.dry_run:
             return await self._read_only(input)
         workflow_id = ledger_workflow_id(input.customer_id)
+        text = ui.ledger_start(input.customer_id)
         start = WithStartWorkflowOperation(
             CustomerLedgerWorkflow.run,
             LedgerState(customer_key=workflow_id.removeprefix("customer-ledger-")),
@@ -54,6 +56,8 @@ class LedgerActivities:
                     for key, v in sa.identity_values("", input.customer_id, None)
                 ]
             ),
+            static_summary=text.summary,
+            static_details=text.details,
         )
         return await self._client.execute_update_with_start_workflow(
             CustomerLedgerWorkflow.reserve, input, start_workflow_operation=start

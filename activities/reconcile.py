@@ -20,6 +20,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import OrderCreditsInput, OrderFacts, order_key
 from polar_credits.orders import PaidOrder, order_facts
@@ -127,6 +128,7 @@ class ReconcileActivities:
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
         """Start the order's run as the webhook would; False when it already has one."""
         workflow_id = order_workflow_id(facts.order_id)
+        text = ui.order_run(facts, via=ui.VIA_RECONCILIATION)
         try:
             await self._client.start_workflow(
                 OrderCreditsWorkflow.run,
@@ -137,6 +139,8 @@ class ReconcileActivities:
                 # was handled (and is visible as failed); `orders rerun` is the operator's.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
+                static_summary=text.summary,
+                static_details=text.details,
                 rpc_timeout=START_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:

@@ -19,6 +19,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
@@ -59,6 +60,9 @@ async def steer_allowance(
     try:
         async with asyncio.timeout(deadline):
             if wants_allowance(rules, facts.product_id):
+                text = ui.allowance_start(
+                    facts.subscription_id, facts.customer_id, facts.product_id, via=ui.VIA_WEBHOOK
+                )
                 await temporal.start_workflow(
                     SubscriptionAllowanceWorkflow.run,
                     AllowanceState(subscription_id=facts.subscription_id),
@@ -69,6 +73,8 @@ async def steer_allowance(
                     # An ended run stays ended: a late webhook must not start a new one.
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                     search_attributes=TypedSearchAttributes(_start_attributes(observation)),
+                    static_summary=text.summary,
+                    static_details=text.details,
                     rpc_timeout=timedelta(seconds=deadline),
                 )
             else:

@@ -34,6 +34,7 @@ from api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
 from api.payloads import BadPayload, parse_json
 from api.problems import Problem
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import (
     OrderCreditsInput,
@@ -384,6 +385,7 @@ async def _start(
         ui_url=workflow_ui_url(settings, workflow_id),
     )
     deadline = settings.credits_temporal_start_timeout_seconds
+    text = ui.order_run(facts, via=ui.VIA_WEBHOOK)
     try:
         async with asyncio.timeout(deadline):
             await temporal.start_workflow(
@@ -401,6 +403,8 @@ async def _start(
                 # redelivering the webhook; a run that granted, or still runs, never is.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
+                static_summary=text.summary,
+                static_details=text.details,
                 rpc_timeout=timedelta(seconds=deadline),
             )
     except WorkflowAlreadyStartedError:

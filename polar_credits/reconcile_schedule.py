@@ -26,6 +26,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from polar_credits import ui_summaries as ui
 from polar_credits.models import VerificationPolicy
 from polar_credits.operators import OPERATOR_MEMO
 from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
@@ -50,6 +51,7 @@ def reconcile_input(settings: Settings) -> ReconcileInput:
 
 
 def reconcile_schedule(settings: Settings) -> Schedule:
+    text = ui.reconcile_start(scheduled=True)
     return Schedule(
         action=ScheduleActionStartWorkflow(
             ReconcileWorkflow.run,
@@ -57,6 +59,8 @@ def reconcile_schedule(settings: Settings) -> Schedule:
             id=RUN_ID_PREFIX,  # Temporal appends the scheduled time
             task_queue=settings.credits_task_queue,
             execution_timeout=RUN_TIMEOUT,
+            static_summary=text.summary,
+            static_details=text.details,
         ),
         spec=ScheduleSpec(
             intervals=[
@@ -133,6 +137,7 @@ async def start_reconcile_now(
     """A run now, beside the schedule's (same input): what `POST /reconcile` starts, with the
     operator token's name in its memo."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    text = ui.reconcile_start(scheduled=False)
     return await client.start_workflow(
         ReconcileWorkflow.run,
         reconcile_input(settings),
@@ -140,4 +145,6 @@ async def start_reconcile_now(
         task_queue=settings.credits_task_queue,
         execution_timeout=RUN_TIMEOUT,
         memo={OPERATOR_MEMO: operator} if operator else None,
+        static_summary=text.summary,
+        static_details=text.details,
     )

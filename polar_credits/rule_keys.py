@@ -210,7 +210,10 @@ async def record_rule_keys(client: Client, task_queue: str, rules: RulesFile) ->
     """Tell the registry (started on first use) that this file was accepted."""
     from temporalio.common import WorkflowIDConflictPolicy
 
+    from polar_credits import ui_summaries as ui
     from workflows.rules_registry import RulesRegistryWorkflow
+
+    text = ui.rules_registry_start(task_queue)
 
     await client.start_workflow(
         RulesRegistryWorkflow.run,
@@ -220,4 +223,6 @@ async def record_rule_keys(client: Client, task_queue: str, rules: RulesFile) ->
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal="accept",
         start_signal_args=[accepted_rules(rules)],
+        static_summary=text.summary,
+        static_details=text.details,
     )

@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.backfill import BackfillActivities
+    from polar_credits import ui_summaries as ui
     from polar_credits.backfills import (
         BackfillInput,
         BackfillPageInput,
@@ -49,6 +50,7 @@ class BackfillWorkflow:
         for _ in range(input.pages_per_run):
             page = self._progress.next_page
             customer_ids: list[str] = []
+            self._show(page)
             if request.target == BackfillTarget.CUSTOMERS:
                 start = (page - 1) * input.page_size
                 customer_ids = request.customer_ids[start : start + input.page_size]
@@ -68,6 +70,7 @@ class BackfillWorkflow:
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PAGE_RETRY,
+                summary=ui.activity_grant_page(page, request.units),
             )
             if request.target == BackfillTarget.CUSTOMERS:
                 result.total = len(request.customer_ids)
@@ -75,6 +78,15 @@ class BackfillWorkflow:
             self._progress.add(result)
             if not result.has_more:
                 self._progress.done = True
+                progress = self._progress
+                workflow.set_current_details(
+                    ui.backfill_done(
+                        progress.customers_seen,
+                        progress.granted,
+                        progress.already_granted,
+                        progress.rejected_total,
+                    )
+                )
                 return self._progress
         # Keep the history small: the next run starts from the cursor, with the counts.
         self._progress.runs += 1
@@ -90,3 +102,16 @@ class BackfillWorkflow:
     @workflow.query
     def progress(self) -> BackfillProgress:
         return self._progress
+
+    def _show(self, page: int) -> None:
+        progress = self._progress
+        workflow.set_current_details(
+            ui.backfill_progress(
+                page,
+                progress.customers_seen,
+                progress.granted,
+                progress.already_granted,
+                progress.rejected_total,
+                progress.runs,
+            )
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from polar_credits import ui_summaries as ui
     from polar_credits.decision import cap_outcome
     from polar_credits.models import (
         CapReservation,
@@ -52,6 +53,9 @@ class CustomerLedgerWorkflow:
     @workflow.run
     async def run(self, state: LedgerState) -> None:
         limit = state.history_limit or HISTORY_LIMIT
+        workflow.set_current_details(
+            ui.ledger_current(state.customer_key, len(state.totals), state.runs)
+        )
         await workflow.wait_condition(
             lambda: (
                 workflow.info().get_current_history_length() >= limit

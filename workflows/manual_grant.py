@@ -13,6 +13,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.operator import OperatorActivities
     from polar_credits import search_attributes as sa
+    from polar_credits import ui_summaries as ui
     from polar_credits.models import (
         CreditStatus,
         MeterGrant,
@@ -47,6 +48,7 @@ class ManualGrantWorkflow:
             status=CreditStatus.PENDING.value,
             grant_meter=input.meter,
         )
+        workflow.set_current_details(ui.manual_granting(input.units))
         try:
             self._state.ingest = await workflow.execute_activity_method(
                 OperatorActivities.ingest_manual_grant,
@@ -61,6 +63,7 @@ class ManualGrantWorkflow:
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=INGEST_RETRY,
+                summary=ui.activity_ingest(input.units),
             )
         except ActivityError as err:
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
@@ -98,3 +101,7 @@ class ManualGrantWorkflow:
         workflow.upsert_search_attributes(
             [sa.CREDIT_STATUS.value_set(status.value), sa.CREDIT_UNITS.value_set(units)]
         )
+        if status == CreditStatus.GRANTED:
+            workflow.set_current_details(ui.manual_verifying(units))
+        else:
+            workflow.set_current_details(ui.manual_done(status.value, units))

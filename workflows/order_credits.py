@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.credits import CreditActivities
     from activities.ledger import LedgerActivities
     from polar_credits import search_attributes as sa
+    from polar_credits import ui_summaries as ui
     from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.models import (
         CapReservation,
@@ -102,18 +103,24 @@ class OrderCreditsWorkflow:
         if missing:
             workflow.upsert_search_attributes(missing)
 
+        # What the UI shows for the run while it runs (no command: replay-safe).
+        workflow.set_current_details(ui.order_deciding(order.order_id))
         if workflow.patched(DECISION_PATCH):
             grants = await self._decide(order)
         else:
             # A local activity: no server round trip, which matters on a busy cluster.
             grants = await workflow.execute_local_activity_method(
-                CreditActivities.evaluate_rules, order, start_to_close_timeout=ACTIVITY_TIMEOUT
+                CreditActivities.evaluate_rules,
+                order,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                summary=ui.activity_decide(),
             )
         self._state.grants = grants
         if not grants:
             self._publish(CreditStatus.NO_RULE)
             return self._state
 
+        workflow.set_current_details(ui.order_granting(_units(grants), _rule_ids(grants)))
         if not workflow.patched(GATEWAY_PATCH):
             return await self._first_release(input, grants)
 
@@ -126,6 +133,7 @@ class OrderCreditsWorkflow:
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=INGEST_RETRY,
+                summary=ui.activity_ingest(_units(grants), len(grants)),
             )
         except ActivityError as err:
             await self._release_reservations(order)
@@ -155,6 +163,7 @@ class OrderCreditsWorkflow:
             CreditActivities.decide_order_grants,
             DecideOrderInput(order=order),
             start_to_close_timeout=ACTIVITY_TIMEOUT,
+            summary=ui.activity_decide(),
         )
         try:
             if decision.needs:
@@ -169,11 +178,13 @@ class OrderCreditsWorkflow:
                     ),
                     start_to_close_timeout=LOOKUP_TIMEOUT,
                     retry_policy=LOOKUP_RETRY,
+                    summary=ui.activity_first_order(),
                 )
                 decision = await workflow.execute_local_activity_method(
                     CreditActivities.decide_order_grants,
                     DecideOrderInput(order=order, first_order=fact),
                     start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    summary=ui.activity_decide(),
                 )
             reservations = cap_reservations(decision)
             if reservations:
@@ -184,6 +195,7 @@ class OrderCreditsWorkflow:
                     ReserveUnitsInput(customer_id=order.customer_id, reservations=reservations),
                     start_to_close_timeout=LOOKUP_TIMEOUT,
                     retry_policy=LOOKUP_RETRY,
+                    summary=ui.activity_reserve(sum(r.units for r in reservations)),
                 )
                 self._reserved = reservations
                 decision = apply_caps(decision, reserved.outcomes)
@@ -205,6 +217,7 @@ class OrderCreditsWorkflow:
             ReserveUnitsInput(customer_id=order.customer_id, reservations=self._reserved),
             start_to_close_timeout=LOOKUP_TIMEOUT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            summary=ui.activity_release(sum(r.units for r in self._reserved)),
         )
 
     async def _verify(
@@ -244,6 +257,11 @@ class OrderCreditsWorkflow:
         workflow.upsert_search_attributes(
             [sa.CREDIT_STATUS.value_set(status.value), sa.CREDIT_UNITS.value_set(units)]
         )
+        if status == CreditStatus.GRANTED:
+            workflow.set_current_details(ui.order_verifying(units))
+        else:
+            rule_ids = _rule_ids(self._state.grants)
+            workflow.set_current_details(ui.order_done(status.value, units, rule_ids))
 
     # -- the first release, kept so its runs replay unchanged ----------------------------
 
@@ -258,11 +276,13 @@ class OrderCreditsWorkflow:
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=INGEST_RETRY,
                 result_type=IngestResult,
+                summary=ui.activity_ingest(_units(grants), len(grants)),
             )
         except ActivityError as err:
             self._fail(input.order, err)
 
         self._state.status = CreditStatus.GRANTED.value
+        workflow.set_current_details(ui.order_verifying(_units(grants)))
         for meter_grants in _by_meter(grants):
             self._state.verifications.append(await self._poll_meter(input, meter_grants))
         verified = all(v.verified for v in self._state.verifications)
@@ -295,6 +315,7 @@ class OrderCreditsWorkflow:
                     start_to_close_timeout=ACTIVITY_TIMEOUT,
                     retry_policy=READ_RETRY,
                     result_type=MeterReading,
+                    summary=ui.activity_read_meter(first.meter),
                 )
                 result.checks += 1
                 result.balance = reading.balance
@@ -310,7 +331,7 @@ class OrderCreditsWorkflow:
                 return result
             if self._published != CreditStatus.GRANTED:
                 self._publish(CreditStatus.GRANTED)
-            await workflow.sleep(min(interval, remaining))
+            await workflow.sleep(min(interval, remaining), summary=ui.timer_next_check())
             interval = min(interval * 2, policy.max_interval_seconds)
 
 
@@ -329,3 +350,7 @@ def _by_meter(grants: list[Grant]) -> list[list[Grant]]:
 
 def _units(grants: list[Grant]) -> int:
     return sum(g.units for g in grants)
+
+
+def _rule_ids(grants: list[Grant]) -> list[str]:
+    return [g.rule_id for g in grants]

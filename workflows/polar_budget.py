@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from temporalio import workflow
 
+with workflow.unsafe.imports_passed_through():
+    from polar_credits import ui_summaries as ui
+
 # Keep the history short: a new run (same id) after this many permits and reports.
 CONTINUE_AS_NEW_AFTER = 2000
 SLOWDOWN_FLOOR = 0.25  # never slower than a quarter of the share
@@ -93,6 +96,7 @@ class PolarBudgetWorkflow:
 
     @workflow.run
     async def run(self, state: BudgetState) -> None:
+        self._show()
         await workflow.wait_condition(
             lambda: self._handled >= state.continue_after and workflow.all_handlers_finished()
         )
@@ -114,6 +118,7 @@ class PolarBudgetWorkflow:
         wait = max(0.0, arrival - tolerance - now, state.paused_until - now)
         state.next_free = arrival + interval
         state.permits += 1
+        self._show()
         return Permit(wait_seconds=wait)
 
     @acquire.validator
@@ -135,6 +140,14 @@ class PolarBudgetWorkflow:
             state.slowdown = max(SLOWDOWN_FLOOR, state.slowdown / 2)
             state.last_throttle = now
         state.slow_until = now + SLOWDOWN_HOLD_SECONDS
+        self._show()
+
+    def _show(self) -> None:
+        """Current details (no command, so free): the pace and what it has handed out."""
+        state = self._state
+        workflow.set_current_details(
+            ui.budget_current(state.per_minute, state.permits, state.throttles)
+        )
 
     @workflow.query
     def view(self) -> BudgetView:

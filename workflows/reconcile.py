@@ -17,6 +17,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities
+    from polar_credits import ui_summaries as ui
     from polar_credits.reconciliation import (
         MAX_REPAIRED_KEPT,
         REPAIRED_MEMO,
@@ -55,6 +56,7 @@ class ReconcileWorkflow:
             WatermarkInput(task_queue=input.task_queue),
             start_to_close_timeout=WATERMARK_TIMEOUT,
             retry_policy=PAGE_RETRY,
+            summary=ui.activity_watermark(),
         )
         if mark.created_at is not None:
             start = _time(mark.created_at) - timedelta(seconds=input.overlap_seconds)
@@ -65,6 +67,7 @@ class ReconcileWorkflow:
             created_after=created_after, watermark=mark.created_at or created_after
         )
         for page in range(1, input.max_pages + 1):
+            workflow.set_current_details(ui.reconcile_progress(page, report.orders, report.started))
             result = await workflow.execute_activity_method(
                 ReconcileActivities.reconcile_page,
                 ReconcilePageInput(
@@ -77,6 +80,7 @@ class ReconcileWorkflow:
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PAGE_RETRY,
+                summary=ui.activity_reconcile_page(page),
             )
             report.pages += 1
             report.orders += result.orders
@@ -95,6 +99,11 @@ class ReconcileWorkflow:
             report.complete = False  # the next run goes on from the watermark
         # Where the next run finds the watermark, and what the UI shows for this run.
         workflow.upsert_memo({WATERMARK_MEMO: report.watermark, REPAIRED_MEMO: report.started})
+        workflow.set_current_details(
+            ui.reconcile_done(
+                report.orders, report.started, report.already_handled, report.complete
+            )
+        )
         return report
 
     @workflow.query

@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.operator import BALANCE_UNREADABLE, OperatorActivities
     from polar_credits import search_attributes as sa
+    from polar_credits import ui_summaries as ui
     from polar_credits.models import PolarErrorType
     from polar_credits.operator_grants import (
         BalanceReadInput,
@@ -59,6 +60,7 @@ class RevokeGrantWorkflow:
         balances: dict[str, float] | None = None
         if not input.allow_negative:
             meter_ids = list(dict.fromkeys(item.meter.meter_id for item in input.items))
+            workflow.set_current_details(ui.revoke_reading())
             try:
                 read = await workflow.execute_activity_method(
                     OperatorActivities.read_revoke_balances,
@@ -66,6 +68,9 @@ class RevokeGrantWorkflow:
                     start_to_close_timeout=BALANCE_TIMEOUT,
                     heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=BALANCE_RETRY,
+                    summary=ui.activity_read_meter(
+                        ", ".join(dict.fromkeys(item.meter.name for item in input.items))
+                    ),
                 )
             except ActivityError as err:
                 self._fail("the customer's balance could not be read", err)
@@ -78,6 +83,8 @@ class RevokeGrantWorkflow:
         if not events:
             self._publish(RevokeStatus.NOTHING)
             return self._state
+        units = sum(e.units for e in events)
+        workflow.set_current_details(ui.revoke_revoking(units, bool(capped)))
         try:
             self._state.ingest = await workflow.execute_activity_method(
                 OperatorActivities.ingest_revoke,
@@ -90,6 +97,7 @@ class RevokeGrantWorkflow:
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=INGEST_RETRY,
+                summary=ui.activity_take_back(units),
             )
         except ActivityError as err:
             self._fail("Polar refused the compensating events", err)
@@ -121,4 +129,7 @@ class RevokeGrantWorkflow:
                 sa.CREDIT_STATUS.value_set(status.value),
                 sa.CREDIT_UNITS.value_set(-self._state.units_revoked),
             ]
+        )
+        workflow.set_current_details(
+            ui.revoke_done(status.value, self._state.units_revoked, bool(self._state.capped))
         )

@@ -15,6 +15,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.credits import CreditActivities
     from activities.ledger import LedgerActivities
+    from polar_credits import ui_summaries as ui
     from polar_credits.decision import apply_caps, cap_reservations
     from polar_credits.models import (
         DecideOrderInput,
@@ -50,12 +51,14 @@ class RulesPreviewWorkflow:
                 FetchOrderInput(order_id=input.order_id),
                 start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
                 retry_policy=PREVIEW_RETRY,
+                summary=ui.activity_fetch_order(),
             )
         decide = DecideOrderInput(order=order, preview=True)
         decision: OrderDecision = await workflow.execute_local_activity_method(
             CreditActivities.decide_order_grants,
             decide,
             start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+            summary=ui.activity_decide(),
         )
         if decision.needs:
             decide.first_order = await workflow.execute_activity_method(
@@ -68,11 +71,13 @@ class RulesPreviewWorkflow:
                 ),
                 start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
                 retry_policy=PREVIEW_RETRY,
+                summary=ui.activity_first_order(),
             )
             decision = await workflow.execute_local_activity_method(
                 CreditActivities.decide_order_grants,
                 decide,
                 start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
+                summary=ui.activity_decide(),
             )
         reservations = cap_reservations(decision)
         if reservations:
@@ -84,6 +89,7 @@ class RulesPreviewWorkflow:
                 ),
                 start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
                 retry_policy=PREVIEW_RETRY,
+                summary=ui.activity_read_caps(),
             )
             decision = apply_caps(decision, totals.outcomes)
         return decision

@@ -8,6 +8,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from polar_credits import ui_summaries as ui
     from polar_credits.rule_keys import REGISTRY_MEMO, AcceptedRules, RegistryState
 
 # Events before the run continues as new (each accepted file is one signal: a handful).
@@ -48,3 +49,6 @@ class RulesRegistryWorkflow:
     def _publish(self) -> None:
         # The memo is readable without a worker: a worker checks it before it polls.
         workflow.upsert_memo({REGISTRY_MEMO: self._state.memo()})
+        workflow.set_current_details(
+            ui.registry_current(len(self._state.keys), len(self._state.versions))
+        )

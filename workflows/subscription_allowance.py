@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.allowance import AllowanceActivities
     from polar_credits import search_attributes as sa
+    from polar_credits import ui_summaries as ui
     from polar_credits.cadence import Cadence, parse_cadence
     from polar_credits.models import (
         AllowanceGrant,
@@ -82,6 +83,7 @@ class SubscriptionAllowanceWorkflow:
         self._history_limit = input.history_limit or HISTORY_LIMIT
         self._rules_stale = input.facts is not None
         self._publish()
+        workflow.set_current_details(ui.allowance_waiting(input.status))
         await workflow.wait_condition(lambda: bool(self._inbox) or self._state.facts is not None)
         while True:
             if self._should_continue_as_new():
@@ -150,6 +152,7 @@ class SubscriptionAllowanceWorkflow:
         state = self._state
         assert state.facts is not None
         recent = [g for g in state.grants if _meter_of(state, g.rule_id) == rule.meter_id]
+        workflow.set_current_details(ui.allowance_granting(rule.units, rule.rule_id, period))
         try:
             grant: AllowanceGrant = await workflow.execute_activity_method(
                 AllowanceActivities.grant_allowance,
@@ -163,6 +166,7 @@ class SubscriptionAllowanceWorkflow:
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=INGEST_RETRY,
+                summary=ui.activity_grant_allowance(rule.units, rule.rule_id, period),
             )
         except ActivityError as err:
             # Polar refused the event for good (a 422): this period is lost, visibly; the
@@ -190,10 +194,12 @@ class SubscriptionAllowanceWorkflow:
 
     async def _decide_rules(self) -> None:
         assert self._state.facts is not None
+        workflow.set_current_details(ui.allowance_deciding())
         rules: list[AllowanceRule] = await workflow.execute_local_activity_method(
             AllowanceActivities.allowance_rules,
             AllowanceRulesInput(facts=self._state.facts),
             start_to_close_timeout=ACTIVITY_TIMEOUT,
+            summary=ui.activity_decide(),
         )
         self._rules_stale = False
         self._decided_at = workflow.now()
@@ -275,11 +281,26 @@ class SubscriptionAllowanceWorkflow:
         self._state.next_grant_at = _stamp(grant_at) if grant_at else None
         self._state.held_because = why
         self._set_status(status)
+        state = self._state
+        workflow.set_current_details(
+            ui.allowance_waiting(
+                status.value,
+                grant_at=grant_at,
+                until=until,
+                why=why,
+                grants_total=state.grants_total,
+                units_total=state.units_total,
+            )
+        )
         timeout = None
+        timer = None
         if until is not None:
             timeout = max(until - workflow.now(), timedelta(0))
+            timer = ui.timer_next_period(until) if grant_at else ui.timer_subscription_ends(until)
         try:
-            await workflow.wait_condition(lambda: bool(self._inbox), timeout=timeout)
+            await workflow.wait_condition(
+                lambda: bool(self._inbox), timeout=timeout, timeout_summary=timer
+            )
         except TimeoutError:
             pass
 
@@ -309,6 +330,9 @@ class SubscriptionAllowanceWorkflow:
         self._state.next_grant_at = None
         self._state.held_because = why
         self._set_status(AllowanceStatus.ENDED)
+        workflow.set_current_details(
+            ui.allowance_done(why, self._state.grants_total, self._state.units_total)
+        )
         return self._state
 
     def _should_continue_as_new(self) -> bool:

@@ -12,6 +12,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.credits import CreditActivities
+    from polar_credits import ui_summaries as ui
     from polar_credits.models import (
         MeterGrant,
         MeterVerification,
@@ -51,6 +52,7 @@ async def verify_meters(
             + VERIFY_SLACK,
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=VERIFY_RETRY,
+            summary=ui.activity_verify(m.meter for m in meters),
         )
         return result.verifications
     except Exception as err:  # noqa: BLE001 - any failure here is only a missed check

@@ -25,6 +25,7 @@ from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR, WriterDep
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
+from polar_credits import ui_summaries as ui
 from polar_credits.backfills import (
     BACKFILL_KEY,
     MAX_CUSTOMER_ID_CHARS,
@@ -282,6 +283,15 @@ async def _start(
         product_id=body.product_id,
         customer_ids=list(body.customer_ids or []),
     )
+    text = ui.backfill_start(
+        body.key,
+        body.target.value,
+        body.meter,
+        body.units,
+        body.product_id,
+        len(body.customer_ids) if body.customer_ids else None,
+        via=ui.VIA_OPERATOR_API,
+    )
     await temporal.start_workflow(
         BackfillWorkflow.run,
         BackfillInput(request=request),
@@ -299,6 +309,8 @@ async def _start(
             "reason": body.reason,
             OPERATOR_MEMO: operator,
         },
+        static_summary=text.summary,
+        static_details=text.details,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
 

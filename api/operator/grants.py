@@ -39,6 +39,7 @@ from api.operator.page_tokens import PageTokenError, page_key, seal, unseal
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.operator_grants import (
     MAX_KEY_CHARS,
@@ -559,6 +560,9 @@ async def _start_manual_grant(
     fingerprint: str,
     operator: str,
 ) -> None:
+    text = ui.manual_grant_start(
+        body.idempotency_key, body.customer_id, body.meter, body.units, via=ui.VIA_OPERATOR_API
+    )
     await temporal.start_workflow(
         ManualGrantWorkflow.run,
         ManualGrantInput(
@@ -587,6 +591,8 @@ async def _start_manual_grant(
                 ),
             ]
         ),
+        static_summary=text.summary,
+        static_details=text.details,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
 
@@ -629,6 +635,9 @@ async def revoke_grant(
         raise _not_found(grant_id)
     kind = _KINDS_BY_TYPE[description.workflow_type]
     input = await _revoke_input(handle, kind, description, body)
+    text = ui.revoke_start(
+        grant_id, input.customer_id, input.units, input.allow_negative, via=ui.VIA_OPERATOR_API
+    )
     try:
         await temporal.start_workflow(
             RevokeGrantWorkflow.run,
@@ -649,6 +658,8 @@ async def revoke_grant(
                     ),
                 ]
             ),
+            static_summary=text.summary,
+            static_details=text.details,
             rpc_timeout=TEMPORAL_TIMEOUT,
         )
         code = status.HTTP_201_CREATED
@@ -791,6 +802,7 @@ async def rerun_order(
             "that failed, was terminated, canceled or timed out is run again.",
         )
     input = await _first_input(temporal, handle.id, description.run_id)
+    text = ui.order_run(input.order, via=ui.VIA_RERUN)
     try:
         started = await temporal.start_workflow(
             OrderCreditsWorkflow.run,
@@ -800,6 +812,8 @@ async def rerun_order(
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             memo={OPERATOR_MEMO: operator.name},
             search_attributes=TypedSearchAttributes(sa.order_start_attributes(input.order)),
+            static_summary=text.summary,
+            static_details=text.details,
             rpc_timeout=TEMPORAL_TIMEOUT,
         )
     except WorkflowAlreadyStartedError as exc:

@@ -19,6 +19,7 @@ from temporalio.service import RPCError
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from polar_credits import ui_summaries as ui
 from polar_credits.decision import describe
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
 from polar_credits.orders import PaidOrder, order_facts
@@ -86,6 +87,7 @@ async def preview(
     and reserving nothing. Per-customer caps are shown as the customer's ledger stands now."""
     input = _preview_input(request, body)
     workflow_id = f"rules-preview-{uuid.uuid4()}"
+    text = ui.rules_preview_start(input.order.order_id if input.order else input.order_id)
     try:
         decision: OrderDecision = await temporal.execute_workflow(
             RulesPreviewWorkflow.run,
@@ -93,6 +95,8 @@ async def preview(
             id=workflow_id,
             task_queue=settings.credits_task_queue,
             execution_timeout=PREVIEW_TIMEOUT,
+            static_summary=text.summary,
+            static_details=text.details,
         )
     except WorkflowFailureError as exc:
         cause = _root_cause(exc)
