@@ -101,8 +101,9 @@ async def _codec(request: Request) -> EncryptionCodec:
     return codec
 
 
-# Who may call it: the operator API's authentication (decoding reveals every payload).
-GUARDS = [Depends(_codec), OPERATOR]
+# Who may call it: the operator API's authentication (decoding reveals every payload), checked
+# first like on every operator route; then, for an operator, 404 while encryption is off.
+GUARDS = [OPERATOR, Depends(_codec)]
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "Not a Payloads message, or a payload that fails."},

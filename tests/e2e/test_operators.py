@@ -49,6 +49,8 @@ NO_TOKENS = {
 # Routes that every request may reach without an operator token.
 PUBLIC = {"/openapi.json", "/webhooks/polar", "/healthz", "/readyz", "/metrics"}
 PUBLIC |= {"/docs", "/redoc", "/docs/assets"}
+# A browser's CORS preflight carries no credentials: the codec routes answer it without a token.
+PUBLIC_PREFLIGHTS = {"/codec/decode", "/codec/encode"}
 # POSTs that change nothing, so a read token may call them: a rules preview grants nothing and
 # reserves nothing; the payload codec's routes (issue 15 §3) only translate payloads.
 READ_ONLY_POSTS = {"/rules/preview", "/codec/decode", "/codec/encode"}
@@ -131,7 +133,8 @@ def operator_routes() -> list[tuple[str, str]]:
     routes, unguarded = [], set()
     for route in iter_route_contexts(app.routes):
         if require_operator not in calls(getattr(route, "dependant", None)):
-            unguarded.add(route.path)
+            if route.methods != {"OPTIONS"} or route.path not in PUBLIC_PREFLIGHTS:
+                unguarded.add(route.path)
             continue
         path = route.path.format_map({**dict.fromkeys(route.param_convertors, "x1"), **PATH_VALUES})
         routes += [(method, path) for method in sorted(route.methods or ())]
