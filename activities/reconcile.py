@@ -19,10 +19,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
+from activities.recover import deliver
 from polar_credits import search_attributes as sa
 from polar_credits.logsafe import shown
-from polar_credits.models import OrderCreditsInput, OrderFacts, order_key
-from polar_credits.orders import PaidOrder, order_facts
+from polar_credits.models import (
+    OrderCreditsInput,
+    OrderFacts,
+    SubscriptionObservation,
+    order_key,
+)
+from polar_credits.orders import PaidOrder, SubscriptionSnapshot, order_facts, subscription_facts
 from polar_credits.reconciliation import (
     WATERMARK_MEMO,
     ReconcilePageInput,
@@ -122,7 +128,23 @@ class ReconcileActivities:
                 result.started.append(order_key(order.id))
             else:
                 result.already_handled += 1
+            if input.allowances and order.subscription_id:
+                result.allowances_started += await self._tell_allowance(order, input)
         return result
+
+    async def _tell_allowance(self, order: PaidOrder, input: ReconcilePageInput) -> int:
+        """What the webhook does with a paid subscription order: tell the subscription's
+        allowance run it is paid (and start it, the first time); 1 when it started it."""
+        if not self._rules.cadence_product(order.product_id):
+            return 0
+        snapshot = order.subscription or SubscriptionSnapshot()
+        observation = SubscriptionObservation(
+            facts=subscription_facts(snapshot, self._rules.metadata_keys(), order),
+            paid_order_id=order.id,
+            event_type="order.paid",
+        )
+        outcome = await deliver(self._client, input.task_queue, self._rules, observation)
+        return 1 if outcome == "started" else 0
 
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
         """Start the order's run as the webhook would; False when it already has one."""
