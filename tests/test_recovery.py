@@ -3,13 +3,22 @@ paid, by its status and how recent its period is), and the `--since` durations i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from activities.recover import recovered_observation
+from polar_credits.cli.base import ExitCode
 from polar_credits.cli.recover import parse_duration
 from polar_credits.orders import PolarSubscription
 from polar_credits.rules import parse_rules
 from tests.conftest import TEST_RULES, YEARLY_PRODUCT_ID
+from tests.support.net import free_port
+
+BIN = Path(sys.executable).parent
 
 RULES = parse_rules(TEST_RULES)
 WINDOW_START = "2026-11-01T00:00:00+00:00"  # the recovery lists orders created after this
@@ -76,3 +85,27 @@ def test_since_takes_a_number_and_a_unit(text: str, seconds: int) -> None:
 def test_since_refuses_anything_else_and_says_what_it_takes(text: str) -> None:
     with pytest.raises(ValueError, match="e.g. 30d, 12h"):
         parse_duration(text)
+
+
+def run_recover(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "polar-credits"), "recover", *args],
+        env={**os.environ, "COLUMNS": "300", **env},  # one line per message
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_command_refuses_a_bad_since_before_connecting() -> None:
+    done = run_recover("--since", "30 days", TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}")
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "e.g. 30d, 12h" in done.stderr
+
+
+def test_an_unreachable_temporal_ends_the_command_with_unavailable() -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = run_recover("--since", "30d", TEMPORAL_ADDRESS=address)
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stdout + done.stderr
+    assert f"cannot reach Temporal at {address}" in done.stderr
+    assert "Traceback" not in done.stderr

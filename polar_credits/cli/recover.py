@@ -22,7 +22,7 @@ import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from polar_credits.cli.base import ExitCode, JsonOption, app, console, emit, fail
+from polar_credits.cli.base import ExitCode, JsonOption, app, console, emit, errors, fail
 from polar_credits.models import VerificationPolicy
 from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
@@ -125,7 +125,13 @@ async def _recover(
     if not wait:
         emit({"workflow_id": handle.id, "status": "running"}, as_json=as_json, title="recovery")
         return ExitCode.OK
-    status, report = await _follow(handle, queue, quiet=as_json)
+    try:
+        status, report = await _follow(handle, queue, quiet=as_json)
+    except asyncio.CancelledError:  # Ctrl-C: the run goes on without us
+        errors.print(
+            f"stopped following; the recovery goes on in Temporal: {handle.id}", highlight=False
+        )
+        return ExitCode.OK
     shown = {"workflow_id": handle.id, "status": status.name.lower() if status else None}
     shown |= asdict(report) if report else {}
     if as_json:
@@ -172,6 +178,8 @@ def recover(
         code: int = asyncio.run(_recover(settings, window, not orders_only, not no_wait, as_json))
     except typer.Exit as exc:
         code = exc.exit_code
+    except KeyboardInterrupt:  # before the run was started: nothing was done
+        code = ExitCode.FAILED
     _exit_process(code)
 
 
