@@ -19,7 +19,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
-from activities.recover import deliver
+from activities.recover import tell_running
 from polar_credits import search_attributes as sa
 from polar_credits.logsafe import shown
 from polar_credits.models import (
@@ -129,12 +129,14 @@ class ReconcileActivities:
             else:
                 result.already_handled += 1
             if input.allowances and order.subscription_id:
-                result.allowances_started += await self._tell_allowance(order, input)
+                result.allowances_told += await self._tell_allowance(order)
         return result
 
-    async def _tell_allowance(self, order: PaidOrder, input: ReconcilePageInput) -> int:
+    async def _tell_allowance(self, order: PaidOrder) -> int:
         """What the webhook does with a paid subscription order: tell the subscription's
-        allowance run it is paid (and start it, the first time); 1 when it started it."""
+        allowance run that it is paid. Only a run that exists (a recovery has started those of
+        live subscriptions): an old order must not start one for a subscription since ended.
+        1 when a run was told."""
         if not self._rules.cadence_product(order.product_id):
             return 0
         snapshot = order.subscription or SubscriptionSnapshot()
@@ -143,8 +145,7 @@ class ReconcileActivities:
             paid_order_id=order.id,
             event_type="order.paid",
         )
-        outcome = await deliver(self._client, input.task_queue, self._rules, observation)
-        return 1 if outcome == "started" else 0
+        return 1 if await tell_running(self._client, observation) else 0
 
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
         """Start the order's run as the webhook would; False when it already has one."""

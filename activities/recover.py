@@ -32,7 +32,7 @@ from polar_credits.recovery import (
 )
 from polar_credits.rules import RulesFile
 from polar_credits.settings import Settings
-from workflows.subscription_allowance import allowance_workflow_id
+from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 log = logging.getLogger("polar_credits.recover")
 
@@ -69,6 +69,22 @@ async def deliver(
     return "running" if running else "started"
 
 
+async def tell_running(client: Client, observation: SubscriptionObservation) -> bool:
+    """Signal the subscription's allowance run if it is running; False when there is none."""
+    handle = client.get_workflow_handle(allowance_workflow_id(observation.facts.subscription_id))
+    try:
+        await handle.signal(
+            SubscriptionAllowanceWorkflow.observe,
+            observation,
+            rpc_timeout=timedelta(seconds=START_TIMEOUT_SECONDS),
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # none, or it has ended
+            return False
+        raise
+    return True
+
+
 def recovered_observation(
     subscription: PolarSubscription, rules: RulesFile, created_after: str
 ) -> SubscriptionObservation:
@@ -87,8 +103,8 @@ def recovered_observation(
         # Active, trialing or paused since before the window: Polar keeps a subscription in
         # these states only once its current period is paid (a trial's $0 order included).
         paid_through = facts.current_period_end
-    # else: the current period began inside the window; its paid order (listed by this same
-    # recovery, and delivered to the run as the webhook delivers it) tells the run it is paid.
+    # else: the current period began inside the window; its paid order (listed next by this
+    # same recovery, and delivered to the run as the webhook delivers it) tells the run.
     return SubscriptionObservation(
         facts=facts, event_type=RECOVERY_EVENT, paid_through=paid_through
     )

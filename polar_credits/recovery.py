@@ -61,7 +61,7 @@ class RecoverResult:
     """A recovery's report, shown by `polar-credits recover` while it runs and at its end."""
 
     created_after: str
-    phase: str = "orders"  # orders, subscriptions, done
+    phase: str = "subscriptions"  # subscriptions, orders, done
     order_pages: int = 0
     orders: int = 0  # paid orders listed
     orders_started: int = 0  # runs restarted
@@ -73,4 +73,5 @@ class RecoverResult:
     allowances_already_running: int = 0
     allowances_ended: int = 0
     subscriptions_ignored: int = 0
+    allowances_told_paid: int = 0  # allowance runs a paid order in the window reached
     complete: bool = True  # False: a listing stopped at max_pages; run `recover` again

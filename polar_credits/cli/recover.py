@@ -66,9 +66,9 @@ def _progress(report: RecoverResult | None, queue: str) -> str:
     if report is None:
         return f"waiting for a worker on task queue {queue!r}"
     return (
-        f"{report.phase}: {report.orders} paid order(s), {report.orders_started} run(s) "
-        f"restarted; {report.subscriptions} subscription(s), "
-        f"{report.allowances_started} allowance run(s) started"
+        f"{report.phase}: {report.subscriptions} subscription(s), "
+        f"{report.allowances_started} allowance run(s) started; {report.orders} paid "
+        f"order(s), {report.orders_started} run(s) restarted"
     )
 
 

@@ -1,14 +1,15 @@
 """Temporal lost and rebuilt from Polar, end to end: a private dev server, the stand-in, the API
 and a worker, each its own process. Orders are granted, one is paid while its webhook is lost,
 one is still in flight (the worker is stopped before it runs); monthly allowances run for two
-yearly subscriptions (one whose webhooks were lost). Then Temporal stops and its database is
-deleted; an empty one starts on the same port, a new worker starts, and `polar-credits recover`
-(the CLI, as a subprocess) rebuilds the runs. Every order is granted exactly once, every
-allowance period that was due exactly once, the allowance runs go on to their next period,
-and a second `recover` changes nothing.
+yearly subscriptions (one whose webhooks were lost), and a third subscription has ended. Then
+Temporal stops and its database is deleted; an empty one starts on the same port, a new worker
+starts, and `polar-credits recover` (the CLI, as a subprocess) rebuilds the runs. Every order
+is granted exactly once, every allowance period that was due exactly once, the allowance runs
+go on to their next period, the ended subscription gets no run, and a second `recover` changes
+nothing.
 
 Clocks: the stand-in runs a manual clock set about a month back, so a subscription's second
-month falls due (on Temporal's real clock) a minute after it was created: the recovered run
+month falls due (on Temporal's real clock) 40 s after it was created: the recovered run
 must grant it once, on its timer or at once, whichever the machine's speed makes it.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import AllowanceState
@@ -244,6 +246,15 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
         lambda: _granted_once(client, running["id"]), "the running subscription's first month"
     )
 
+    # A third one ended before the loss (revoked): its run ended with its first month.
+    ended_customer = standin.create_customer()["id"]
+    ended = standin.subscribe(ended_customer, YEARLY_PRODUCT_ID)["subscription"]
+    await until(lambda: _granted_once(client, ended["id"]), "the ended subscription's month")
+    standin.subscription_action(ended["id"], "revoke")
+    await asyncio.wait_for(
+        client.get_workflow_handle(allowance_workflow_id(ended["id"])).result(), SETTLE_SECONDS
+    )
+
     # 3. Webhooks lost (no endpoint): a paid order and a subscription Temporal never saw.
     standin.admin("POST", "/admin/webhook-target", {"url": None, "secret": None})
     missed = standin.create_customer()["id"]
@@ -268,16 +279,18 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
     assert [w async for w in client.list_workflows()] == []
     rig.start_worker()
 
-    # 6. Recover: five paid orders in the window (the two subscriptions' first orders too),
-    # every run restarted; both allowance runs back.
+    # 6. Recover: six paid orders in the window (the three subscriptions' first orders too),
+    # every run restarted; the two live subscriptions' allowance runs back, told of their
+    # paid orders; none for the ended one, whose old paid order starts nothing.
     report = rig.recover()
     assert report["status"] == "completed" and report["complete"], report
     assert (report["orders"], report["orders_started"], report["orders_already_running"]) == (
-        5,
-        5,
+        6,
+        6,
         0,
     ), report
-    assert report["subscriptions"] == 2 and report["allowances_started"] == 2, report
+    assert (report["subscriptions"], report["allowances_started"]) == (2, 2), report
+    assert report["allowances_told_paid"] == 2, report
 
     # Every order granted exactly once: the one granted before (Polar kept its event: the
     # restarted run's grant is a duplicate), the missed one and the one in flight.
@@ -313,6 +326,9 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
     unseen_periods = periods(rig.allowance_events(unseen_customer))
     assert unseen_periods[-1] == stamp(MONTH.start(anchor, 1))
     assert unseen_periods in ([stamp(anchor), stamp(MONTH.start(anchor, 1))], unseen_periods[-1:])
+    assert periods(rig.allowance_events(ended_customer)) == [stamp(anchor)]
+    with pytest.raises(RPCError):  # no run for it
+        await client.get_workflow_handle(allowance_workflow_id(ended["id"])).describe()
     for customer in (running_customer, unseen_customer):
         events = rig.allowance_events(customer)
         assert all(e["metadata"]["units"] == -MONTHLY for e in events)
@@ -321,7 +337,7 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
     # 8. A second recovery changes nothing: every run is there, nothing new in Polar.
     before = standin.events()
     again = rig.recover()
-    assert (again["orders_started"], again["orders_already_running"]) == (0, 5), again
+    assert (again["orders_started"], again["orders_already_running"]) == (0, 6), again
     assert (again["allowances_started"], again["allowances_already_running"]) == (0, 2), again
     await asyncio.sleep(1.0)  # what a signal could have started would show by now
     assert standin.events() == before

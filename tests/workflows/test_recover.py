@@ -48,9 +48,11 @@ class FakeRecover:
         self.order_pages: list[ReconcilePageInput] = []
         self.subscription_pages: list[RecoverSubscriptionsInput] = []
         self.server_now: datetime | None = None
+        self.listed: list[str] = []  # "orders" or "subscriptions", one per page, in order
 
     @activity.defn(name="reconcile_page")
     async def reconcile_page(self, input: ReconcilePageInput) -> ReconcilePageResult:
+        self.listed.append("orders")
         self.server_now = self.server_now or activity.info().current_attempt_scheduled_time
         self.order_pages.append(input)
         started, running = self.orders[input.page - 1]
@@ -59,13 +61,15 @@ class FakeRecover:
             started=[f"ord-{input.page}-{i}" for i in range(started)],
             already_handled=running,
             has_more=input.page < len(self.orders),
-            allowances_started=1 if input.allowances and started else 0,
+            allowances_told=1 if input.allowances and started else 0,
         )
 
     @activity.defn(name="recover_subscriptions_page")
     async def recover_subscriptions_page(
         self, input: RecoverSubscriptionsInput
     ) -> RecoverSubscriptionsResult:
+        self.listed.append("subscriptions")
+        self.server_now = self.server_now or activity.info().current_attempt_scheduled_time
         self.subscription_pages.append(input)
         started, running = self.subscriptions[input.page - 1]
         return RecoverSubscriptionsResult(
@@ -106,11 +110,14 @@ def at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-async def test_a_recovery_lists_orders_then_subscriptions_since_then_and_reports(
+async def test_a_recovery_lists_subscriptions_then_orders_since_then_and_reports(
     skipping_env: WorkflowEnvironment,
 ) -> None:
     fake = FakeRecover(orders=[(3, 97), (1, 0)], subscriptions=[(2, 98), (0, 5)])
     report = await recover(skipping_env, fake, since_seconds=30 * 86400, page_size=100)
+    # Live subscriptions first (their runs back), then the orders, which only tell those
+    # runs: an old order of an ended subscription starts nothing.
+    assert fake.listed == ["subscriptions", "subscriptions", "orders", "orders"]
     assert [p.page for p in fake.order_pages] == [1, 2]
     assert [p.page for p in fake.subscription_pages] == [1, 2]
     window = {p.created_after for p in fake.order_pages + fake.subscription_pages}
@@ -122,7 +129,8 @@ async def test_a_recovery_lists_orders_then_subscriptions_since_then_and_reports
     assert all(p.allowances for p in fake.order_pages)
     assert (report.orders, report.orders_started, report.orders_already_running) == (101, 4, 97)
     assert (report.subscriptions, report.subscriptions_ignored) == (107, 2)
-    assert (report.allowances_started, report.allowances_already_running) == (2 + 2, 103)
+    assert (report.allowances_started, report.allowances_already_running) == (2, 103)
+    assert report.allowances_told_paid == 2
     assert report.complete and report.phase == "done"
 
 
