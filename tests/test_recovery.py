@@ -75,7 +75,7 @@ def test_no_personal_data_reaches_the_observation() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 14 * 86400), (" 45s ", 45)],
+    [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 14 * 86400), (" 3600s ", 3600)],
 )
 def test_since_takes_a_number_and_a_unit(text: str, seconds: int) -> None:
     assert parse_duration(text).total_seconds() == seconds
@@ -109,3 +109,9 @@ def test_an_unreachable_temporal_ends_the_command_with_unavailable() -> None:
     assert done.returncode == ExitCode.UNAVAILABLE, done.stdout + done.stderr
     assert f"cannot reach Temporal at {address}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("text", ["45s", "59m"])
+def test_since_refuses_a_window_under_an_hour(text: str) -> None:
+    with pytest.raises(ValueError, match="at least 1h"):
+        parse_duration(text)

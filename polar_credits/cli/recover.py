@@ -39,15 +39,26 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw])\s*", re.ASCII)
 
 
+# A shorter window could start while a renewal's payment is still being tried, and would miss
+# the runs still verifying when Temporal was lost (README, "Recovering from a lost Temporal").
+MIN_SINCE = timedelta(hours=1)
+
+
 def parse_duration(text: str) -> timedelta:
-    """`30d`, `12h`, `90m`, `2w`, `45s`: a whole number and one unit."""
+    """`30d`, `12h`, `90m`, `2w`: a whole number and one unit, at least MIN_SINCE."""
     match = _DURATION.fullmatch(text)
     if not match or int(match.group(1)) == 0:
         raise ValueError(
             f"--since {text!r} is not a duration: write a number and a unit, e.g. 30d, 12h, "
             "90m or 2w (units: s, m, h, d, w)"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    window = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    if window < MIN_SINCE:
+        raise ValueError(
+            f"--since {text!r} is too short: give at least 1h, e.g. 12h or 30d (reach back "
+            "past the oldest order that may not have been granted when Temporal was lost)"
+        )
+    return window
 
 
 def recover_input(settings: Settings, since: timedelta, subscriptions: bool) -> RecoverInput:
