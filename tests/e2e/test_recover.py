@@ -336,10 +336,19 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
 
     # 8. A second recovery changes nothing: every run is there, nothing new in Polar.
     before = standin.events()
+    totals = {
+        s["id"]: (await allowance_state(client, s["id"])).grants_total for s in (running, unseen)
+    }
     again = rig.recover()
     assert (again["orders_started"], again["orders_already_running"]) == (0, 6), again
     assert (again["allowances_started"], again["allowances_already_running"]) == (0, 2), again
-    await asyncio.sleep(1.0)  # what a signal could have started would show by now
+    for subscription in (running, unseen):
+        # A query sees every signal delivered before it, handled: the recovery's messages
+        # started no grant (none pending) and changed nothing the run shows.
+        handle = client.get_workflow_handle(allowance_workflow_id(subscription["id"]))
+        state = await handle.query(SubscriptionAllowanceWorkflow.state)
+        assert (state.grants_total, state.next_grant_at) == (totals[subscription["id"]], third)
+        assert not (await handle.describe()).raw_description.pending_activities
     assert standin.events() == before
     # Polar's customers' emails and names never reach a history.
     for workflow_id in (
