@@ -3,10 +3,11 @@ and a worker, each its own process. Orders are granted, one is paid while its we
 one is still in flight (the worker is stopped before it runs); monthly allowances run for two
 yearly subscriptions (one whose webhooks were lost), and a third subscription has ended. Then
 Temporal stops and its database is deleted; an empty one starts on the same port, a new worker
-starts, and `polar-credits recover` (the CLI, as a subprocess) rebuilds the runs. Every order
-is granted exactly once, every allowance period that was due exactly once, the allowance runs
-go on to their next period, the ended subscription gets no run, and a second `recover` changes
-nothing.
+starts, and `polar-credits recover --since 27d` (the CLI, as a subprocess) rebuilds the runs:
+the subscriptions' periods began before that window, so their runs are paid by their standing.
+Every order is granted exactly once, every allowance period that was due exactly once, the
+allowance runs go on to their next period, and a second `recover --since 60d` (which also lists
+the older orders, the ended subscription's first one among them) changes nothing.
 
 Clocks: the stand-in runs a manual clock set about a month back, so a subscription's second
 month falls due (on Temporal's real clock) 40 s after it was created: the recovered run
@@ -240,7 +241,8 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
         pytest.skip(f"no subscription start is exactly one month before {stamp(due)}")
     standin.clock_set(stamp(anchor))
     running_customer = standin.create_customer()["id"]
-    running = standin.subscribe(running_customer, YEARLY_PRODUCT_ID)["subscription"]
+    first_paid = [standin.subscribe(running_customer, YEARLY_PRODUCT_ID)]
+    running = first_paid[0]["subscription"]
     assert stamp(datetime.fromisoformat(running["started_at"])) == stamp(anchor)
     await until(
         lambda: _granted_once(client, running["id"]), "the running subscription's first month"
@@ -248,19 +250,23 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
 
     # A third one ended before the loss (revoked): its run ended with its first month.
     ended_customer = standin.create_customer()["id"]
-    ended = standin.subscribe(ended_customer, YEARLY_PRODUCT_ID)["subscription"]
+    first_paid.append(standin.subscribe(ended_customer, YEARLY_PRODUCT_ID))
+    ended = first_paid[-1]["subscription"]
     await until(lambda: _granted_once(client, ended["id"]), "the ended subscription's month")
     standin.subscription_action(ended["id"], "revoke")
     await asyncio.wait_for(
         client.get_workflow_handle(allowance_workflow_id(ended["id"])).result(), SETTLE_SECONDS
     )
 
-    # 3. Webhooks lost (no endpoint): a paid order and a subscription Temporal never saw.
+    # 3. Webhooks lost (no endpoint): a subscription Temporal never saw, and (days later on
+    # Polar's clock) a paid order.
     standin.admin("POST", "/admin/webhook-target", {"url": None, "secret": None})
+    unseen_customer = standin.create_customer()["id"]
+    first_paid.append(standin.subscribe(unseen_customer, YEARLY_PRODUCT_ID))
+    unseen = first_paid[-1]["subscription"]
+    standin.clock_set(stamp(anchor + timedelta(days=5)))
     missed = standin.create_customer()["id"]
     missed_order = standin.create_paid_order(missed, CREDIT_PRODUCT_ID)["order"]
-    unseen_customer = standin.create_customer()["id"]
-    unseen = standin.subscribe(unseen_customer, YEARLY_PRODUCT_ID)["subscription"]
     standin.set_webhook_target(rig.standin.webhook_url, WEBHOOK_SECRET)
 
     # 4. An order in flight: its webhook started the run, but no worker ran it.
@@ -279,22 +285,23 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
     assert [w async for w in client.list_workflows()] == []
     rig.start_worker()
 
-    # 6. Recover: six paid orders in the window (the three subscriptions' first orders too),
-    # every run restarted; the two live subscriptions' allowance runs back, told of their
-    # paid orders; none for the ended one, whose old paid order starts nothing.
-    report = rig.recover()
+    # 6. Recover, 27 days back: the missed and the in-flight orders are in the window (the
+    # subscriptions' first orders and the first order are older), their runs restarted; the
+    # two live subscriptions' allowance runs back, paid by their standing (their periods
+    # began before the window); none for the ended one.
+    report = rig.recover("27d")
     assert report["status"] == "completed" and report["complete"], report
     assert (report["orders"], report["orders_started"], report["orders_already_running"]) == (
-        6,
-        6,
+        2,
+        2,
         0,
     ), report
     assert (report["subscriptions"], report["allowances_started"]) == (2, 2), report
-    assert report["allowances_told_paid"] == 2, report
+    assert report["allowances_told_paid"] == 0, report
 
-    # Every order granted exactly once: the one granted before (Polar kept its event: the
-    # restarted run's grant is a duplicate), the missed one and the one in flight.
-    for order_id in (placed["order"]["id"], missed_order["id"], sent["order"]["id"]):
+    # Every order granted exactly once: the missed one and the one in flight now, the one
+    # granted before still once.
+    for order_id in (missed_order["id"], sent["order"]["id"]):
         await asyncio.wait_for(
             client.get_workflow_handle(order_workflow_id(order_id)).result(), SETTLE_SECONDS
         )
@@ -334,14 +341,25 @@ async def test_runs_are_rebuilt_from_polar_and_grant_nothing_twice(
         assert all(e["metadata"]["units"] == -MONTHLY for e in events)
         assert len({e["external_id"] for e in events}) == len(events)
 
-    # 8. A second recovery changes nothing: every run is there, nothing new in Polar.
+    # 8. A second recovery, reaching further back, changes nothing in Polar: the first order
+    # and the subscriptions' first orders are restarted (their grants are Polar's duplicates,
+    # or none), the paid orders reach the running allowance runs, and the ended
+    # subscription's old order starts no run for it.
     before = standin.events()
     totals = {
         s["id"]: (await allowance_state(client, s["id"])).grants_total for s in (running, unseen)
     }
-    again = rig.recover()
-    assert (again["orders_started"], again["orders_already_running"]) == (0, 6), again
+    again = rig.recover("60d")
+    assert (again["orders_started"], again["orders_already_running"]) == (4, 2), again
     assert (again["allowances_started"], again["allowances_already_running"]) == (0, 2), again
+    assert again["allowances_told_paid"] == 2, again
+    first_orders = [placed["order"]["id"], *(made["order"]["id"] for made in first_paid)]
+    for order_id in first_orders:
+        await asyncio.wait_for(
+            client.get_workflow_handle(order_workflow_id(order_id)).result(), SETTLE_SECONDS
+        )
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(allowance_workflow_id(ended["id"])).describe()
     for subscription in (running, unseen):
         # A query sees every signal delivered before it, handled: the recovery's messages
         # started no grant (none pending) and changed nothing the run shows.
