@@ -6,7 +6,9 @@ the next, and holds a past-due subscription until it is paid."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -23,10 +25,11 @@ from polar_credits.recovery import (
     RecoverSubscriptionsResult,
 )
 from polar_credits.rules import allowance_external_id
-from tests.workflows.test_subscription_allowance import (  # noqa: F401 (its autouse fixture)
+from tests.workflows import test_subscription_allowance as allowance_tests
+from tests.workflows.conftest import BIN, register_search_attributes
+from tests.workflows.test_subscription_allowance import (
     FakePolar,
     Subscription,
-    _terminate_runs,
     month,
     now,
     signal_with_start,
@@ -81,6 +84,29 @@ class FakeRecover:
         )
 
 
+@pytest.fixture(scope="module")
+async def own_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: its runs skip years, which must not move
+    the clock of the session's server under other modules' calendar tests."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server")
+    )
+    try:
+        await register_search_attributes(env)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(autouse=True)
+async def _terminate_runs() -> AsyncIterator[None]:
+    """A run left waiting on a timer would hold the server's clock for later tests."""
+    yield
+    while allowance_tests.STARTED:
+        with contextlib.suppress(Exception):
+            await allowance_tests.STARTED.pop().terminate("test over")
+
+
 @pytest.fixture
 def queue() -> str:
     return f"recover-{uuid.uuid4().hex[:8]}"
@@ -111,10 +137,10 @@ def at(value: str) -> datetime:
 
 
 async def test_a_recovery_lists_subscriptions_then_orders_since_then_and_reports(
-    skipping_env: WorkflowEnvironment,
+    own_env: WorkflowEnvironment,
 ) -> None:
     fake = FakeRecover(orders=[(3, 97), (1, 0)], subscriptions=[(2, 98), (0, 5)])
-    report = await recover(skipping_env, fake, since_seconds=30 * 86400, page_size=100)
+    report = await recover(own_env, fake, since_seconds=30 * 86400, page_size=100)
     # Live subscriptions first (their runs back), then the orders, which only tell those
     # runs: an old order of an ended subscription starts nothing.
     assert fake.listed == ["subscriptions", "subscriptions", "orders", "orders"]
@@ -134,16 +160,16 @@ async def test_a_recovery_lists_subscriptions_then_orders_since_then_and_reports
     assert report.complete and report.phase == "done"
 
 
-async def test_orders_only_lists_no_subscriptions(skipping_env: WorkflowEnvironment) -> None:
+async def test_orders_only_lists_no_subscriptions(own_env: WorkflowEnvironment) -> None:
     fake = FakeRecover(orders=[(0, 4)], subscriptions=[(9, 9)])
-    report = await recover(skipping_env, fake, since_seconds=3600, subscriptions=False)
+    report = await recover(own_env, fake, since_seconds=3600, subscriptions=False)
     assert fake.subscription_pages == [] and not fake.order_pages[0].allowances
     assert (report.orders_already_running, report.subscriptions) == (4, 0)
 
 
-async def test_a_listing_cut_at_its_page_limit_says_so(skipping_env: WorkflowEnvironment) -> None:
+async def test_a_listing_cut_at_its_page_limit_says_so(own_env: WorkflowEnvironment) -> None:
     fake = FakeRecover(orders=[(1, 0), (1, 0), (1, 0)], subscriptions=[(1, 0)])
-    report = await recover(skipping_env, fake, since_seconds=3600, max_pages=2)
+    report = await recover(own_env, fake, since_seconds=3600, max_pages=2)
     assert len(fake.order_pages) == 2 and not report.complete
     assert report.subscription_pages == 1  # the subscriptions are still listed
 
@@ -159,9 +185,9 @@ def recovered(sub: Subscription, moment: datetime, paid_through: str) -> Subscri
 
 
 async def test_a_recovered_run_grants_the_month_holding_now_once_and_goes_on(
-    skipping_env: WorkflowEnvironment, queue: str
+    own_env: WorkflowEnvironment, queue: str
 ) -> None:
-    env = skipping_env
+    env = own_env
     anchor = await start_of_next_jan_31(env)
     sub = Subscription(anchor=anchor)
     fake = FakePolar()
@@ -184,9 +210,9 @@ async def test_a_recovered_run_grants_the_month_holding_now_once_and_goes_on(
 
 
 async def test_a_recovered_past_due_run_holds_until_the_renewal_is_paid(
-    skipping_env: WorkflowEnvironment, queue: str
+    own_env: WorkflowEnvironment, queue: str
 ) -> None:
-    env = skipping_env
+    env = own_env
     anchor = await start_of_next_jan_31(env)
     # In its second year, the renewal's payment failed: paid up to the new period's start.
     sub = Subscription(anchor=anchor, period=1, status="past_due")
