@@ -57,6 +57,7 @@ from activities.gateway import PolarGateway  # noqa: E402
 from activities.ledger import LedgerActivities  # noqa: E402
 from activities.operator import OperatorActivities  # noqa: E402
 from activities.reconcile import ReconcileActivities  # noqa: E402
+from activities.recover import RecoverActivities  # noqa: E402
 from polar_credits.codec import PayloadDecryptionError  # noqa: E402
 from polar_credits.logsafe import configure_logging  # noqa: E402
 from polar_credits.reconcile_schedule import ensure_reconcile_schedule  # noqa: E402
@@ -81,6 +82,7 @@ from workflows.manual_grant import ManualGrantWorkflow  # noqa: E402
 from workflows.order_credits import OrderCreditsWorkflow  # noqa: E402
 from workflows.polar_budget import PolarBudgetWorkflow, budget_task_queue  # noqa: E402
 from workflows.reconcile import ReconcileWorkflow  # noqa: E402
+from workflows.recover import RecoverWorkflow  # noqa: E402
 from workflows.revoke_grant import RevokeGrantWorkflow  # noqa: E402
 from workflows.rules_preview import RulesPreviewWorkflow  # noqa: E402
 from workflows.rules_registry import RulesRegistryWorkflow  # noqa: E402
@@ -100,6 +102,7 @@ ORDER_QUEUE_WORKFLOWS = [
     RulesRegistryWorkflow,
     BackfillWorkflow,
     ReconcileWorkflow,
+    RecoverWorkflow,
     ManualGrantWorkflow,
     RevokeGrantWorkflow,
 ]
@@ -154,6 +157,7 @@ async def build_worker(
             *LedgerActivities(client, task_queue).all(),
             BackfillActivities(gateway).grant_page,
             *ReconcileActivities(client, gateway, rules).all(),
+            *RecoverActivities(client, gateway, rules).all(),
             *OperatorActivities(gateway).all(),
         ],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,

@@ -329,6 +329,23 @@ class PolarGateway:
             lambda: self._list_json("/v1/subscriptions/", query), "listing active subscriptions"
         )
 
+    async def subscriptions(
+        self,
+        statuses: list[str],
+        product_ids: list[str] | None,
+        page: int,
+        limit: int = MAX_READ_CUSTOMERS,
+    ) -> dict[str, Any]:
+        """One page of the subscriptions in these statuses (of these products, or all), oldest
+        first, as Polar's JSON (a recovery's listing), paced, unbatched."""
+        query: dict[str, Any] = {"status": statuses, "page": page, "limit": limit}
+        query["sorting"] = ["started_at"]
+        if product_ids is not None:
+            query["product_id"] = product_ids
+        return await self._call(
+            lambda: self._list_json("/v1/subscriptions/", query), "listing subscriptions"
+        )
+
     async def paid_orders_since(
         self, created_after: str, page: int, limit: int = MAX_READ_CUSTOMERS
     ) -> dict[str, Any]:

@@ -19,11 +19,17 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
+from activities.recover import tell_running
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
-from polar_credits.models import OrderCreditsInput, OrderFacts, order_key
-from polar_credits.orders import PaidOrder, order_facts
+from polar_credits.models import (
+    OrderCreditsInput,
+    OrderFacts,
+    SubscriptionObservation,
+    order_key,
+)
+from polar_credits.orders import PaidOrder, SubscriptionSnapshot, order_facts, subscription_facts
 from polar_credits.reconciliation import (
     WATERMARK_MEMO,
     ReconcilePageInput,
@@ -123,7 +129,24 @@ class ReconcileActivities:
                 result.started.append(order_key(order.id))
             else:
                 result.already_handled += 1
+            if input.allowances and order.subscription_id:
+                result.allowances_told += await self._tell_allowance(order)
         return result
+
+    async def _tell_allowance(self, order: PaidOrder) -> int:
+        """What the webhook does with a paid subscription order: tell the subscription's
+        allowance run that it is paid. Only a run that exists (a recovery has started those of
+        live subscriptions): an old order must not start one for a subscription since ended.
+        1 when a run was told."""
+        if not self._rules.cadence_product(order.product_id):
+            return 0
+        snapshot = order.subscription or SubscriptionSnapshot()
+        observation = SubscriptionObservation(
+            facts=subscription_facts(snapshot, self._rules.metadata_keys(), order),
+            paid_order_id=order.id,
+            event_type="order.paid",
+        )
+        return 1 if await tell_running(self._client, observation) else 0
 
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
         """Start the order's run as the webhook would; False when it already has one."""

@@ -402,6 +402,9 @@ class SubscriptionObservation:
     facts: SubscriptionFacts
     paid_order_id: str | None = None
     event_type: str | None = None
+    # Set by a recovery (`polar-credits recover`), which reads the subscription from Polar
+    # instead of seeing its paid orders: the end of the latest period Polar shows as paid.
+    paid_through: str | None = None
 
 
 @dataclass

@@ -62,6 +62,9 @@ class ReconcilePageInput:
     page: int
     verification: VerificationPolicy
     page_size: int = PAGE_SIZE
+    # A recovery: a paid order of a subscription whose allowance run exists (rules with
+    # `every`) also reaches that run, as the webhook's does (it says the period is paid).
+    allowances: bool = False
 
 
 @dataclass
@@ -72,6 +75,7 @@ class ReconcilePageResult:
     ignored: int = 0  # not a paid order this release can process (see the log)
     latest_created_at: str | None = None
     has_more: bool = False
+    allowances_told: int = 0  # allowance runs told of a paid order (`allowances` only)
 
 
 @dataclass

@@ -258,6 +258,13 @@ class SubscriptionAllowanceWorkflow:
                 end = facts.current_period_end
                 if end is not None and (state.paid_through is None or end > state.paid_through):
                     state.paid_through = end
+            if observation.paid_through is not None:
+                # A recovery read the subscription from Polar (only its observations carry
+                # this field, so runs started before it replay unchanged).
+                state.paid = True
+                end = observation.paid_through
+                if state.paid_through is None or end > state.paid_through:
+                    state.paid_through = end
             if state.anchor is None:
                 state.anchor = facts.started_at or facts.current_period_start
             current = state.facts
