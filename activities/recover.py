@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
 from api.allowances import steer_allowance
+from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import SubscriptionObservation
 from polar_credits.orders import PolarSubscription, subscription_facts
@@ -31,7 +32,6 @@ from polar_credits.recovery import (
     RecoverSubscriptionsResult,
 )
 from polar_credits.rules import RulesFile
-from polar_credits.settings import Settings
 from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 log = logging.getLogger("polar_credits.recover")
@@ -58,12 +58,14 @@ async def deliver(
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
         running = False
-    # steer_allowance reads only the task queue and the start deadline from its settings.
-    settings = Settings.model_construct(
-        credits_task_queue=task_queue,
-        credits_temporal_start_timeout_seconds=START_TIMEOUT_SECONDS,
+    delivery = await steer_allowance(
+        client,
+        rules,
+        observation,
+        task_queue=task_queue,
+        deadline=START_TIMEOUT_SECONDS,
+        via=ui.VIA_RECOVER,
     )
-    delivery = await steer_allowance(settings, client, rules, observation)
     if delivery.outcome != "signalled":
         return delivery.outcome
     return "running" if running else "started"

@@ -23,7 +23,6 @@ from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
-from polar_credits.settings import Settings
 from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 log = logging.getLogger("polar_credits.api")
@@ -47,27 +46,30 @@ def wants_allowance(rules: RulesFile | None, product_id: str | None) -> bool:
 
 
 async def steer_allowance(
-    settings: Settings,
     temporal: Any,
     rules: RulesFile | None,
     observation: SubscriptionObservation,
+    *,
+    task_queue: str,
+    deadline: float,
+    via: str = ui.VIA_WEBHOOK,
 ) -> Delivery:
-    """Deliver the observation to the subscription's allowance run. Raises
-    AllowanceUnavailable when Temporal cannot take it."""
+    """Deliver the observation to the subscription's allowance run, starting it (for a product
+    with a cadence rule) when there is none, within `deadline` seconds. Raises
+    AllowanceUnavailable when Temporal cannot take it. `via`: who started it, for the UI."""
     facts = observation.facts
     workflow_id = allowance_workflow_id(facts.subscription_id)
-    deadline = settings.credits_temporal_start_timeout_seconds
     try:
         async with asyncio.timeout(deadline):
             if wants_allowance(rules, facts.product_id):
                 text = ui.allowance_start(
-                    facts.subscription_id, facts.customer_id, facts.product_id, via=ui.VIA_WEBHOOK
+                    facts.subscription_id, facts.customer_id, facts.product_id, via=via
                 )
                 await temporal.start_workflow(
                     SubscriptionAllowanceWorkflow.run,
                     AllowanceState(subscription_id=facts.subscription_id),
                     id=workflow_id,
-                    task_queue=settings.credits_task_queue,
+                    task_queue=task_queue,
                     start_signal="observe",
                     start_signal_args=[observation],
                     # An ended run stays ended: a late webhook must not start a new one.

@@ -346,7 +346,13 @@ async def _deliver(
     request: Request, settings: Settings, temporal: Any, observation: SubscriptionObservation
 ) -> Delivery:
     try:
-        return await steer_allowance(settings, temporal, request.app.state.rules, observation)
+        return await steer_allowance(
+            temporal,
+            request.app.state.rules,
+            observation,
+            task_queue=settings.credits_task_queue,
+            deadline=settings.credits_temporal_start_timeout_seconds,
+        )
     except AllowanceUnavailable as exc:
         _metrics(request).count(START_ERRORS, workflow="allowance", cause="unavailable")
         subscription_id = observation.facts.subscription_id

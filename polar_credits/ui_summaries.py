@@ -256,6 +256,30 @@ def reconcile_start(*, scheduled: bool) -> StartText:
     return StartText(summary, details)
 
 
+def recover_start(since_seconds: float, *, subscriptions: bool) -> StartText:
+    window = _duration(since_seconds)
+    what = "paid orders and subscriptions" if subscriptions else "paid orders"
+    summary = _summary("recovery", f"{what} since {window} ago")
+    details = _details(
+        "Recovery: rebuilds order and allowance runs from Polar after Temporal's state was lost",
+        [
+            ("order runs", f"from Polar's paid orders created in the last {window}"),
+            (
+                "allowance runs",
+                "from Polar's live subscriptions"
+                if subscriptions
+                else "left alone (--orders-only)",
+            ),
+        ],
+    )
+    return StartText(summary, details)
+
+
+def _duration(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    return f"{days}d" if not rest else f"{days}d {rest // 3600}h" if days else f"{rest // 3600}h"
+
+
 def rules_preview_start(order_id: str | None) -> StartText:
     summary = _summary("rules preview", f"order {short(order_id)}" if order_id else "order facts")
     details = _details(
@@ -428,6 +452,22 @@ def reconcile_progress(page: int, orders: int, started: int) -> str:
     return _summary(
         f"listing{SEP}page {page}", f"{orders} paid orders seen, {started} runs started"
     )
+
+
+def recover_progress(phase: str, page: int, seen: int, started: int) -> str:
+    what = "subscriptions" if phase == "subscriptions" else "paid orders"
+    return _summary(f"listing {what}{SEP}page {page}", f"{seen} seen, {started} runs started")
+
+
+def recover_done(orders_started: int, allowances_started: int, complete: bool) -> str:
+    return _summary(
+        f"done{SEP}{orders_started} order runs and {allowances_started} allowance runs started",
+        None if complete else "incomplete (page limit): run it again",
+    )
+
+
+def activity_recover_page(what: str, page: int) -> str:
+    return f"list {what}, page {page}"
 
 
 def reconcile_done(orders: int, started: int, already: int, complete: bool) -> str:

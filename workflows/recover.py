@@ -21,6 +21,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities
     from activities.recover import RecoverActivities
+    from polar_credits import ui_summaries as ui
     from polar_credits.reconciliation import ReconcilePageInput
     from polar_credits.recovery import RecoverInput, RecoverResult, RecoverSubscriptionsInput
     from workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
@@ -40,6 +41,9 @@ class RecoverWorkflow:
             await self._subscriptions(input, report)
         report.phase = "orders"
         for page in range(1, input.max_pages + 1):
+            workflow.set_current_details(
+                ui.recover_progress("orders", page, report.orders, report.orders_started)
+            )
             orders = await workflow.execute_activity_method(
                 ReconcileActivities.reconcile_page,
                 ReconcilePageInput(
@@ -53,6 +57,7 @@ class RecoverWorkflow:
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PAGE_RETRY,
+                summary=ui.activity_recover_page("paid orders", page),
             )
             report.order_pages += 1
             report.orders += orders.orders
@@ -65,10 +70,18 @@ class RecoverWorkflow:
         else:
             report.complete = False
         report.phase = "done"
+        workflow.set_current_details(
+            ui.recover_done(report.orders_started, report.allowances_started, report.complete)
+        )
         return report
 
     async def _subscriptions(self, input: RecoverInput, report: RecoverResult) -> None:
         for page in range(1, input.max_pages + 1):
+            workflow.set_current_details(
+                ui.recover_progress(
+                    "subscriptions", page, report.subscriptions, report.allowances_started
+                )
+            )
             subscriptions = await workflow.execute_activity_method(
                 RecoverActivities.recover_subscriptions_page,
                 RecoverSubscriptionsInput(
@@ -80,6 +93,7 @@ class RecoverWorkflow:
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PAGE_RETRY,
+                summary=ui.activity_recover_page("subscriptions", page),
             )
             report.subscription_pages += 1
             report.subscriptions += subscriptions.subscriptions

@@ -22,15 +22,15 @@ import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from polar_credits import ui_summaries as ui
 from polar_credits.cli.base import ExitCode, JsonOption, app, console, emit, errors, fail
 from polar_credits.models import VerificationPolicy
 from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
-from polar_credits.temporal_client import connect_temporal
+from polar_credits.temporal_client import TemporalUnreachable, connect_temporal
 from workflows.recover import RecoverWorkflow
 
 POLL_SECONDS = 1.0
-CONNECT_TIMEOUT_SECONDS = 15.0
 QUERY_TIMEOUT = timedelta(seconds=5)
 # A recovery of a large organization lists many pages under the shared budget; cut it off
 # well after any sane run (its report says where it got; running it again goes on).
@@ -113,25 +113,23 @@ async def _follow(
 async def _recover(
     settings: Settings, since: timedelta, subscriptions: bool, wait: bool, as_json: bool
 ) -> int:
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-            client = await connect_temporal(settings)
-    except (RuntimeError, TimeoutError) as exc:
-        fail(
-            f"cannot reach Temporal at {settings.temporal_address} "
-            f"(namespace {settings.temporal_namespace!r}): {exc or 'timed out'}",
-            ExitCode.UNAVAILABLE,
-        )
+    try:  # bounded by CREDITS_TEMPORAL_CONNECT_TIMEOUT_SECONDS; each message names the setting
+        client = await connect_temporal(settings)
+    except TemporalUnreachable as exc:
+        fail(str(exc), ExitCode.UNAVAILABLE)
     except SettingsError as exc:
         fail(str(exc), ExitCode.USAGE)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     queue = settings.credits_task_queue
+    text = ui.recover_start(since.total_seconds(), subscriptions=subscriptions)
     handle = await client.start_workflow(
         RecoverWorkflow.run,
         recover_input(settings, since, subscriptions),
         id=f"{RUN_ID_PREFIX}-{stamp}",
         task_queue=queue,
         execution_timeout=RUN_TIMEOUT,
+        static_summary=text.summary,
+        static_details=text.details,
     )
     if not wait:
         emit({"workflow_id": handle.id, "status": "running"}, as_json=as_json, title="recovery")
