@@ -5,6 +5,7 @@ fake Polar that dedupes by external id as Polar does, so "granted once" is Polar
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -340,7 +341,7 @@ async def test_a_year_of_monthly_grants_on_a_yearly_plan_each_once_month_end_saf
     year = anchor.year
     assert fake.periods()[:4] == [
         f"{year}-01-31T10:00:00Z",
-        f"{year}-02-28T10:00:00Z" if year % 4 else f"{year}-02-29T10:00:00Z",
+        f"{year}-02-29T10:00:00Z" if calendar.isleap(year) else f"{year}-02-28T10:00:00Z",
         f"{year}-03-31T10:00:00Z",
         f"{year}-04-30T10:00:00Z",
     ]
