@@ -11,7 +11,6 @@ an operator route; with encryption off it is not there (404).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import Payload, Payloads
 
 from api.operator.auth import OPERATOR
+from api.payloads import BodyTimeout, BodyTooLarge, read_capped_body
 from api.problems import Problem
 from polar_credits.codec import EncryptionCodec, PayloadDecryptionError
 from polar_credits.settings import Settings
@@ -189,26 +189,18 @@ async def _read_payloads(request: Request) -> Sequence[Payload]:
 
 
 async def _read_body(request: Request) -> bytes:
-    too_large = HTTPException(
-        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-        f"Request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.",
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
     seconds = request.app.state.settings.credits_api_body_timeout_seconds
-    body = bytearray()
     try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise too_large
-    except TimeoutError:
+        return await read_capped_body(request, MAX_BODY_BYTES, seconds)
+    except BodyTooLarge:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"Request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.",
+        ) from None
+    except BodyTimeout:
         raise HTTPException(
             status.HTTP_408_REQUEST_TIMEOUT, f"Request body did not arrive within {seconds:g} s."
         ) from None
-    return bytes(body)
 
 
 def _bad(reason: str) -> HTTPException:

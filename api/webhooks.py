@@ -31,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.allowances import AllowanceUnavailable, Delivery, steer_allowance, wants_allowance
 from api.dependencies import SettingsDep, TemporalDep
 from api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
-from api.payloads import BadPayload, parse_json
+from api.payloads import BadPayload, BodyTimeout, BodyTooLarge, parse_json, read_capped_body
 from api.problems import Problem
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
@@ -110,21 +110,14 @@ def _refuse(request: Request, status: int, outcome: str, detail: str) -> HTTPExc
 
 
 async def _read_body(request: Request, seconds: float) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _refuse(request, 413, "too_large", "Request body is larger than 1 MiB")
-    body = bytearray()
     try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise _refuse(request, 413, "too_large", "Request body is larger than 1 MiB")
-    except TimeoutError:
+        return await read_capped_body(request, MAX_BODY_BYTES, seconds)
+    except BodyTooLarge:
+        raise _refuse(request, 413, "too_large", "Request body is larger than 1 MiB") from None
+    except BodyTimeout:
         raise _refuse(
             request, 408, "body_timeout", f"Request body did not arrive within {seconds:g} s"
         ) from None
-    return bytes(body)
 
 
 def _verify(request: Request, body: bytes) -> None:

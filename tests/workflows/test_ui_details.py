@@ -26,7 +26,6 @@ from polar_credits.models import (
     DecideOrderInput,
     FirstOrderFact,
     FirstOrderInput,
-    Grant,
     IngestGrantsInput,
     IngestResult,
     MeterVerification,
@@ -39,26 +38,12 @@ from polar_credits.models import (
     VerifyGrantsResult,
 )
 from tests.workflows import test_subscription_allowance as allowance
+from tests.workflows.test_order_credits import grant
 from tests.workflows.test_subscription_allowance import _terminate_runs  # noqa: F401 - autouse
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 ORDER_ID = "9a41c0de-0000-4000-8000-000000000001"
 SETTLE = 10.0  # seconds a fake waits to be reached; each is reached in milliseconds
-
-
-def grant(order_id: str, rule_id: str, units: int) -> Grant:
-    return Grant(
-        rule_id=rule_id,
-        meter="api_calls",
-        meter_id="meter-1",
-        event_name="api_usage",
-        property="units",
-        units=units,
-        customer_id="customer-1",
-        order_id=order_id,
-        external_id=f"polar-credits:order:{order_id}:rule:{rule_id}",
-        reason="purchase",
-    )
 
 
 @dataclass
