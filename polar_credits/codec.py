@@ -23,8 +23,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 import temporalio.converter
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
 from polar_credits.settings import Settings, SettingsError
@@ -122,6 +120,9 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     off as written under another key."""
 
     def __init__(self, keys: EncryptionKeys) -> None:
+        # Imported here: a process with encryption off does not carry `cryptography` (~7 MiB).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._active_id = keys.active_id
         self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.keys.items()}
 
@@ -150,6 +151,8 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
                 f"(configured: {', '.join(self._ciphers)}): add that key to read it"
             )
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = cipher.decrypt(nonce, sealed, key_id.encode())
         except InvalidTag:
