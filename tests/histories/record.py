@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -183,6 +183,20 @@ def save_history(history: WorkflowHistory, path: Path) -> None:
     for prefix in sorted({str(Path(p)) for p in sys.path if p.endswith("site-packages")}):
         text = text.replace(f"{prefix}/", "site-packages/")
     path.write_text(text.replace(f"{REPO_ROOT}/", ""))
+
+
+async def save_runs(runs: Sequence[WorkflowHandle], stem: str) -> list[Path]:
+    """Save each run's history as `<stem>.json`, or `<stem>_<n>.json` (from 1) when there are
+    several runs, and say how long each is."""
+    paths = []
+    for n, handle in enumerate(runs):
+        history = await handle.fetch_history()
+        suffix = f"_{n + 1}" if len(runs) > 1 else ""
+        path = HERE / f"{stem}{suffix}.json"
+        save_history(history, path)
+        paths.append(path)
+        print(f"{path.name}: {len(history.events)} events", flush=True)
+    return paths
 
 
 def history_texts(node: object, key: str = "") -> list[str]:

@@ -21,11 +21,9 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.histories.record import recorder_main, report_privacy, save_history
+from tests.histories.record import recorder_main, report_privacy, save_runs
 from tests.workflows import test_subscription_allowance as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes
-
-HERE = Path(__file__).parent
 
 # scenario → the workflow test that runs it
 SCENARIOS = {
@@ -59,13 +57,7 @@ async def main(release: str, names: list[str]) -> int:
             await test(env, f"record-{uuid.uuid4().hex[:8]}")
             # A second signal-with-start reaches the run already started: one history each.
             runs = list({(h.id, h.result_run_id): h for h in scenarios.STARTED}.values())
-            for n, handle in enumerate(runs):
-                history = await handle.fetch_history()
-                suffix = f"_{n + 1}" if len(runs) > 1 else ""
-                path = HERE / f"subscription_allowance_{release}_{name}{suffix}.json"
-                save_history(history, path)
-                written.append(path)
-                print(f"{path.name}: {len(history.events)} events", flush=True)
+            written += await save_runs(runs, f"subscription_allowance_{release}_{name}")
             while scenarios.STARTED:
                 with contextlib.suppress(Exception):  # a run that ended is left as it is
                     await scenarios.STARTED.pop().terminate("recorded")

@@ -46,7 +46,7 @@ from polar_credits.models import (
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState
 from tests.conftest import temporal_binary
-from tests.histories.record import every_run, recorder_main, report_privacy, save_history
+from tests.histories.record import every_run, recorder_main, report_privacy, save_runs
 from tests.workflows import test_backfill as backfill_tests
 from tests.workflows import test_order_decision as decision_tests
 from tests.workflows import test_reconcile as reconcile_tests
@@ -56,8 +56,6 @@ from workflows.polar_budget import BudgetState, PermitRequest, PolarBudgetWorkfl
 from workflows.reconcile import ReconcileWorkflow
 from workflows.rules_preview import RulesPreviewWorkflow
 from workflows.rules_registry import RulesRegistryWorkflow
-
-HERE = Path(__file__).parent
 
 
 @dataclass
@@ -354,10 +352,9 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
 }
 
 
-def file_name(prefix: str, release: str, name: str, n: int, runs: int) -> str:
+def file_stem(prefix: str, release: str, name: str) -> str:
     name = name.removeprefix(prefix.split("_")[-1] + "_")  # registry_open -> open
-    suffix = f"_{n + 1}" if runs > 1 else ""
-    return f"{prefix}_{release}_{name}{suffix}.json"
+    return f"{prefix}_{release}_{name}"
 
 
 async def main(release: str, names: list[str]) -> int:
@@ -372,12 +369,7 @@ async def main(release: str, names: list[str]) -> int:
             prefix, scenario = SCENARIOS[name]
             queue = f"record-{prefix}-{uuid.uuid4().hex[:8]}"
             recorded = await scenario(env.client, queue)
-            for n, handle in enumerate(recorded.runs):
-                history = await handle.fetch_history()
-                path = HERE / file_name(prefix, release, name, n, len(recorded.runs))
-                save_history(history, path)
-                written.append(path)
-                print(f"{path.name}: {len(history.events)} events", flush=True)
+            written += await save_runs(recorded.runs, file_stem(prefix, release, name))
             for handle in recorded.still_open:
                 await handle.terminate("recorded")
     finally:

@@ -23,13 +23,12 @@ from temporalio.testing import WorkflowEnvironment
 from activities.operator import BALANCE_UNREADABLE
 from polar_credits.models import PolarErrorType
 from polar_credits.operator_grants import manual_grant_workflow_id, revoke_workflow_id
-from tests.histories.record import recorder_main, report_privacy, save_history
+from tests.histories.record import recorder_main, report_privacy, save_runs
 from tests.workflows import test_manual_grant as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes
 from workflows.manual_grant import ManualGrantWorkflow
 from workflows.revoke_grant import RevokeGrantWorkflow
 
-HERE = Path(__file__).parent
 FakePolar = scenarios.FakePolar
 
 
@@ -99,11 +98,7 @@ async def main(release: str, names: list[str]) -> int:
             prefix, build = SCENARIOS[name]
             fake, workflow, input, workflow_id = build(f"record-{uuid.uuid4().hex[:8]}")
             handle, _ = await scenarios.run(env, fake, workflow, input, workflow_id)
-            history = await handle.fetch_history()
-            path = HERE / f"{prefix}_{release}_{name}.json"
-            save_history(history, path)
-            written.append(path)
-            print(f"{path.name}: {len(history.events)} events", flush=True)
+            written += await save_runs([handle], f"{prefix}_{release}_{name}")
     finally:
         await env.shutdown()
     return report_privacy(written, [])

@@ -27,13 +27,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits.recovery import RecoverInput
-from tests.histories.record import recorder_main, report_privacy, save_history
+from tests.histories.record import recorder_main, report_privacy, save_runs
 from tests.workflows import test_recover as recover_tests
 from tests.workflows import test_subscription_allowance as allowance_tests
 from tests.workflows.conftest import BIN, register_search_attributes
 from workflows.recover import RecoverWorkflow
-
-HERE = Path(__file__).parent
 
 
 async def run_recover(
@@ -99,13 +97,7 @@ async def main(release: str, names: list[str]) -> int:
         for name in names:
             prefix, scenario = SCENARIOS[name]
             runs = await scenario(env)
-            for n, handle in enumerate(runs):
-                history = await handle.fetch_history()
-                suffix = f"_{n + 1}" if len(runs) > 1 else ""
-                path = HERE / f"{prefix}_{release}_{name}{suffix}.json"
-                save_history(history, path)
-                written.append(path)
-                print(f"{path.name}: {len(history.events)} events", flush=True)
+            written += await save_runs(runs, f"{prefix}_{release}_{name}")
             while allowance_tests.STARTED:
                 with contextlib.suppress(Exception):  # a run that ended is left as it is
                     await allowance_tests.STARTED.pop().terminate("recorded")
