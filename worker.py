@@ -278,18 +278,17 @@ async def serve(settings: Settings, rules: RulesFile, connection: TemporalConnec
 
 async def _start_metrics(
     settings: Settings, health: WorkerHealth
-) -> tuple[Runtime | None, HealthServer | None]:
+) -> tuple[Runtime, HealthServer | None]:
     """The Temporal runtime, and with a metrics port the endpoint serving /metrics, /livez
     and /readyz there (the SDK's exporter on a loopback port of its own, relayed)."""
-    forward_logs = settings.credits_log_format == "json"
     if not settings.credits_worker_metrics_port:
-        return worker_runtime(0, forward_logs=forward_logs), None
+        return worker_runtime(), None
     endpoint = None
     try:
         for attempt in range(3):  # another process may take the internal port meanwhile
             exporter_port = internal_port()
             try:
-                runtime = worker_runtime(exporter_port, forward_logs=forward_logs)
+                runtime = worker_runtime(exporter_port)
                 break
             except (RuntimeError, ValueError):
                 if attempt == 2:
@@ -315,7 +314,7 @@ async def _run(
     rules: RulesFile,
     connection: TemporalConnection,
     stop: _StopRequest,
-    runtime: Runtime | None,
+    runtime: Runtime,
     health: WorkerHealth,
 ) -> int:
     connecting = asyncio.ensure_future(

@@ -18,6 +18,8 @@ Every failure is one message that starts with the setting to fix; none holds a s
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import re
 import sys
@@ -30,7 +32,13 @@ from typing import TypeVar
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS, DataSource
-from temporalio.runtime import Runtime
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from polar_credits.codec import data_converter
@@ -326,6 +334,31 @@ def _check_pem(read: Mapping[str, bytes | None], sources: Mapping[str, str]) -> 
             )
 
 
+# The SDK's core (Rust) writes its own warnings to stderr, coloured, around every formatter
+# of the service; forwarded, they are records of this logger like any other line.
+CORE_LOGGER = "temporalio.core"
+
+
+def core_logging() -> LoggingConfig:
+    """The core's warnings and errors, forwarded to Python's logging (logger
+    `temporalio.core`), so they reach the service's formatters: text lines without colour
+    escapes, or JSON objects with CREDITS_LOG_FORMAT=json."""
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(
+            logger=logging.getLogger(CORE_LOGGER), append_target_to_name=False
+        ),
+    )
+
+
+@functools.cache
+def logging_runtime() -> Runtime:
+    """The runtime of every client this service connects without one of its own (the API,
+    the CLI, the demo): the SDK's default, except for where the core's logs go. One per
+    process, as the SDK expects."""
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging()))
+
+
 async def connect_temporal(
     settings: Settings,
     *,
@@ -347,7 +380,7 @@ async def connect_temporal(
         tls=connection.tls,
         rpc_metadata=connection.rpc_metadata,
         data_converter=data_converter(settings),
-        runtime=runtime,
+        runtime=runtime or logging_runtime(),
         lazy=lazy,
     )
     if lazy:

@@ -8,7 +8,6 @@ no-op meter: recording costs nothing and needs no check (README, "Metrics").
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from polar.base import PolarClientError, PolarRateLimitError
@@ -16,14 +15,9 @@ from polar.v2026_10.errors import HTTPValidationError
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import MetricMeter
-from temporalio.runtime import (
-    LogForwardingConfig,
-    LoggingConfig,
-    PrometheusConfig,
-    Runtime,
-    TelemetryConfig,
-    TelemetryFilter,
-)
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from polar_credits.temporal_client import core_logging
 
 METRICS_HOST = "127.0.0.1"  # CREDITS_WORKER_METRICS_HOST's default
 
@@ -40,23 +34,10 @@ BUDGET = "polar_credits_polar_budget_per_minute"
 PERMIT_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-def worker_runtime(
-    metrics_port: int = 0, *, host: str = METRICS_HOST, forward_logs: bool = False
-) -> Runtime | None:
-    """The worker's Temporal runtime, or None for the SDK's default one (no metrics, its
-    core's warnings printed as text).
-
-    `metrics_port`: Prometheus on host:port, counters ending in `_total`, durations in
-    seconds; ValueError when the port cannot be bound. `forward_logs`: the core's warnings
-    go through Python's logging (logger `temporalio.core`), so JSON logs stay JSON."""
-    if not metrics_port and not forward_logs:
-        return None
-    logs = LoggingConfig(
-        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
-        if forward_logs
-        else None,
-    )
+def worker_runtime(metrics_port: int = 0, *, host: str = METRICS_HOST) -> Runtime:
+    """The worker's Temporal runtime: its core's logs go through Python's logging
+    (`core_logging`), and with `metrics_port` it serves Prometheus on host:port, counters
+    ending in `_total`, durations in seconds; ValueError when the port cannot be bound."""
     metrics = None
     if metrics_port:
         metrics = PrometheusConfig(
@@ -65,7 +46,7 @@ def worker_runtime(
             durations_as_seconds=True,
             histogram_bucket_overrides={PERMIT_WAIT: list(PERMIT_WAIT_BUCKETS)},
         )
-    return Runtime(telemetry=TelemetryConfig(logging=logs, metrics=metrics))
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging(), metrics=metrics))
 
 
 def client_meter(client: Client) -> MetricMeter:

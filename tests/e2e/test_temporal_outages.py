@@ -4,6 +4,7 @@ retries afterwards is the one that starts the run, once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from polar_credits.temporal_client import CORE_LOGGER
 from tests.conftest import TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
@@ -71,7 +73,10 @@ def temporal(tmp_path: Path) -> Iterator[TemporalProcess]:
 
 
 def start_api(
-    temporal: TemporalProcess, log_dir: Path, rules_file: Path | None = None
+    temporal: TemporalProcess,
+    log_dir: Path,
+    rules_file: Path | None = None,
+    log_format: str = "text",
 ) -> ServiceProcess:
     port = free_port()
     return ServiceProcess(
@@ -83,6 +88,7 @@ def start_api(
             "CREDITS_TASK_QUEUE": "outage-test",
             "CREDITS_API_PORT": str(port),
             "CREDITS_RULES_FILE": str(rules_file or ""),
+            "CREDITS_LOG_FORMAT": log_format,
         },
         # /healthz, not /readyz: the API must come up while Temporal is down.
         ready_url=f"http://127.0.0.1:{port}/healthz",
@@ -216,3 +222,80 @@ async def test_temporal_refusing_a_run_is_not_an_outage(tmp_path: Path) -> None:
     finally:
         api.stop()
         temporal.stop()
+
+
+ESC = "\x1b"
+
+
+def assert_formatted(log: str, log_format: str) -> None:
+    """Every line is the service's own: one JSON object each, or text without the colour
+    escapes the SDK's core writes when it prints for itself."""
+    assert ESC not in log, log[-3000:]
+    if log_format == "json":
+        for line in filter(str.strip, log.splitlines()):
+            entry = json.loads(line)  # fails on any line that is not one JSON object
+            assert {"time", "level", "logger", "message"} <= entry.keys(), line
+
+
+async def wait_for_line(process: ServiceProcess, text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in process.log():
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{process.log()[-3000:]}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_the_sdk_cores_warnings_reach_the_apis_formatter(
+    temporal: TemporalProcess, tmp_path: Path, log_format: str
+) -> None:
+    """Temporal goes away under a connected API: the client's core retries and warns. Those
+    warnings come through the service's logging like every other line (logger
+    `temporalio.core`), not printed by the core itself in colour around the formatter."""
+    temporal.start()
+    api = start_api(temporal, tmp_path, log_format=log_format)
+    try:
+        warm, _ = await deliver(api_url(api), order_paid(str(uuid.uuid4())))
+        assert warm.status_code == 202, warm.text
+        temporal.stop()
+        response, _ = await deliver(api_url(api), order_paid(str(uuid.uuid4())))
+        assert response.status_code == 503, response.text
+        await wait_for_line(api, CORE_LOGGER, 10)
+    finally:
+        api.stop()
+    log = api.log()
+    assert "retried" in log, log[-3000:]  # the core's own warning, forwarded
+    assert_formatted(log, log_format)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_the_sdk_cores_warnings_reach_the_workers_formatter(
+    temporal: TemporalProcess, tmp_path: Path, log_format: str
+) -> None:
+    """The worker's polls fail once Temporal is gone: the core's warnings about them are
+    lines of the worker's own format too."""
+    temporal.start()
+    rules = tmp_path / "rules.toml"
+    rules.write_text(TEST_RULES)
+    probes = free_port()
+    worker = ServiceProcess(
+        "worker",
+        ["worker.py"],
+        env={
+            "POLAR_ACCESS_TOKEN": "polar_oat_not_used",
+            "POLAR_API_URL": "http://127.0.0.1:9",  # never called: no order reaches it
+            "TEMPORAL_ADDRESS": temporal.address,
+            "CREDITS_RULES_FILE": str(rules),
+            "CREDITS_TASK_QUEUE": "outage-test",
+            "CREDITS_RECONCILE_INTERVAL_SECONDS": "0",
+            "CREDITS_LOG_FORMAT": log_format,
+            "CREDITS_WORKER_METRICS_PORT": str(probes),
+        },
+        ready_url=f"http://127.0.0.1:{probes}/readyz",  # 200 once it polls
+        log_path=tmp_path / "worker.log",
+    ).start(timeout=60)
+    try:
+        temporal.stop()
+        await wait_for_line(worker, CORE_LOGGER, 60)
+    finally:
+        worker.stop()
+    assert_formatted(worker.log(), log_format)
