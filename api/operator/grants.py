@@ -403,13 +403,7 @@ async def list_grants(
     )
     try:
         await pages.fetch_next_page()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, f"Temporal refused the listing: {exc.message}"
-            ) from exc
-        raise temporal_error(exc) from exc
-    except (RuntimeError, TimeoutError) as exc:
+    except (RPCError, RuntimeError, TimeoutError) as exc:
         raise temporal_error(exc) from exc
     executions = [e for e in pages.current_page or [] if e.workflow_type in _KINDS_BY_TYPE]
     following = pages.next_page_token
