@@ -387,7 +387,7 @@ async def test_operator_edge(
     assert await runs_for(stack, c) == [manual_grant_workflow_id(c.key)]
     handle = stack.temporal.get_workflow_handle(manual_grant_workflow_id(c.key))
     await asyncio.wait_for(handle.result(), timeout=60)
-    assert [e["properties"]["units"] for e in grant_events(stack, customer)] == [-7]
+    assert [e["metadata"]["units"] for e in grant_events(stack, customer)] == [-7]
 
 
 async def test_unauthenticated_14_mb_bodies_leave_the_api_s_memory_alone(
