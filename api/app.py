@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
@@ -18,6 +19,7 @@ from api import codec, health, metrics, webhooks
 from api.metrics import Metrics
 from api.operator import backfills, grants, reconcile
 from api.operator.rules import router as rules_router
+from api.problems import validation_problem
 from polar_credits.codec import payload_codec
 from polar_credits.operators import load_operator_tokens
 from polar_credits.rules import load_rules
@@ -103,6 +105,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.state.webhook_verifier = webhooks.polar_verifier(
         settings.polar_webhook_secret.get_secret_value()
     )
+    app.add_exception_handler(RequestValidationError, validation_problem)  # type: ignore[arg-type]
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

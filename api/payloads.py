@@ -43,15 +43,24 @@ async def read_capped_body(request: Request, max_bytes: int, seconds: float) -> 
     return bytes(body)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, finite: bool = False) -> Any:
+    """The parsed body, or BadPayload. `finite`: refuse NaN, Infinity and -Infinity, which
+    Python's json accepts but no JSON standard does (the webhook tolerates them in fields it
+    does not read, as Polar may add some; an operator's input is strict)."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_refuse_constant if finite else None)
     except RecursionError:
         raise BadPayload(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except BadPayload:
+        raise
     except ValueError as exc:  # also not UTF-8, and integers of more than 4,300 digits
         raise BadPayload(f"Body is not valid JSON: {_first_line(exc)}") from None
     check_shape(payload)
     return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadPayload(f"JSON holds {name}, which is not a number JSON allows")
 
 
 def check_shape(payload: Any) -> None:

@@ -23,6 +23,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR, WriterDep
+from api.operator.grants import ID_VALUE
+from api.operator.route import OperatorRoute
+from api.operator.temporal_errors import check_input_size, temporal_error
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import ui_summaries as ui
@@ -42,7 +45,9 @@ from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
 from workflows.backfill import BackfillWorkflow
 
-router = APIRouter(prefix="/backfills", tags=["backfills"], dependencies=[OPERATOR])
+router = APIRouter(
+    prefix="/backfills", tags=["backfills"], dependencies=[OPERATOR], route_class=OperatorRoute
+)
 
 FINGERPRINT_MEMO = "request_sha256"
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
@@ -56,13 +61,15 @@ UNFINISHED = {
 }
 
 Key = Annotated[str, Field(pattern=BACKFILL_KEY.pattern, description="The idempotency key")]
-CustomerId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOMER_ID_CHARS)]
+# The ids the grants routes take (ID_VALUE: at most 256 characters, no spaces or quotes).
+CustomerId = Annotated[str, Field(pattern=ID_VALUE, max_length=MAX_CUSTOMER_ID_CHARS)]
 
 
 class BackfillBody(BaseModel):
-    """Exactly one target: `product_id`, `customer_ids` or `all_active = true`."""
+    """Exactly one target: `product_id`, `customer_ids` or `all_active = true`. Strict, like
+    the rules file: `"units": "10"` or `true` is refused, not read as a number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     key: Key = Field(
         description="Idempotency key: the same key never grants a customer twice; reused with "
@@ -70,7 +77,7 @@ class BackfillBody(BaseModel):
     )
     product_id: str | None = Field(
         default=None,
-        min_length=1,
+        pattern=ID_VALUE,
         max_length=MAX_CUSTOMER_ID_CHARS,
         description="The customers with an active subscription to this product.",
     )
@@ -145,12 +152,6 @@ def _meter(request: Request, name: str) -> BackfillMeter:
     )
 
 
-def _unavailable(exc: Exception) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unavailable ({type(exc).__name__})"
-    )
-
-
 _STATUS_NAMES = {
     WorkflowExecutionStatus.RUNNING: "running",
     WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
@@ -169,7 +170,7 @@ async def _view(settings: Settings, handle: WorkflowHandle, key: str) -> Backfil
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     state = description.status or WorkflowExecutionStatus.RUNNING
     view = BackfillView(
         key=key,
@@ -208,7 +209,7 @@ async def _fingerprint(handle: WorkflowHandle) -> tuple[str | None, WorkflowExec
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None, None
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     return (await description.memo()).get(FINGERPRINT_MEMO), description.status
 
 
@@ -229,7 +230,16 @@ def _conflict(key: str) -> HTTPException:
         200: {"model": BackfillView, "description": "This key's backfill already exists."},
         403: {"model": Problem, "description": "A read token: this needs a write token."},
         409: {"model": Problem, "description": "The key was used with another request."},
-        422: {"model": Problem, "description": "Bad request, or an unknown meter."},
+        413: {
+            "model": Problem,
+            "description": "Body larger than 1 MiB, or a run input over 512 KiB once encoded "
+            "(split the customer list).",
+        },
+        422: {
+            "model": Problem,
+            "description": "Bad request, an unknown meter, or Temporal "
+            "refused the request (it never will take it as it is).",
+        },
         503: {"model": Problem, "description": "Temporal is unavailable; try again."},
     },
 )
@@ -260,7 +270,7 @@ async def start_backfill(
             raise _conflict(body.key) from None
         code = status.HTTP_200_OK
     except (RPCError, RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     view = await _view(settings, handle, body.key)
     assert view is not None
     return JSONResponse(view.model_dump(mode="json"), status_code=code)
@@ -292,9 +302,11 @@ async def _start(
         len(body.customer_ids) if body.customer_ids else None,
         via=ui.VIA_OPERATOR_API,
     )
+    input = BackfillInput(request=request)
+    await check_input_size(temporal, input, "This backfill")
     await temporal.start_workflow(
         BackfillWorkflow.run,
-        BackfillInput(request=request),
+        input,
         id=backfill_workflow_id(body.key),
         task_queue=settings.credits_task_queue,
         # A backfill that ended without finishing may be started again with the same body.
@@ -330,7 +342,7 @@ async def get_backfill(
     try:
         view = await _view(settings, handle, key)
     except (RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No backfill with key {key!r}.")
     return view

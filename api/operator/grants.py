@@ -12,12 +12,12 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, is_dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -36,11 +36,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR, WriterDep
 from api.operator.page_tokens import PageTokenError, page_key, seal, unseal
+from api.operator.route import OperatorRoute
+from api.operator.temporal_errors import temporal_error
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
+from polar_credits.moments import to_utc
 from polar_credits.operator_grants import (
     MAX_KEY_CHARS,
     MAX_REASON_CHARS,
@@ -62,7 +65,7 @@ from workflows.manual_grant import ManualGrantWorkflow
 from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from workflows.revoke_grant import RevokeGrantWorkflow
 
-router = APIRouter(tags=["grants"], dependencies=[OPERATOR])
+router = APIRouter(tags=["grants"], dependencies=[OPERATOR], route_class=OperatorRoute)
 
 FINGERPRINT_MEMO = "request_sha256"
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
@@ -102,6 +105,8 @@ GRANTED_STATUSES = {
 }
 
 IdValue = Annotated[str, Field(pattern=ID_VALUE)]
+# A filter's moment, refused (422) when it has no UTC equivalent (0001-01-01T00:00:00+01:00).
+UtcMoment = Annotated[datetime, AfterValidator(to_utc)]
 GrantId = Annotated[
     str, Path(min_length=1, max_length=MAX_GRANT_ID_CHARS, description="The run's workflow id")
 ]
@@ -152,8 +157,10 @@ class GrantDetail(GrantSummary):
     )
 
 
+# Strict, like the rules file: `"units": true`, `"units": "10"` or `1.0` is refused (422), not
+# read as 1 or 10; a string must be a string.
 class ManualGrantBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     customer_id: IdValue = Field(description="The Polar customer id.")
     meter: str = Field(min_length=1, max_length=100, description="A meter of the rules file.")
@@ -192,7 +199,7 @@ class ManualGrantView(BaseModel):
 
 
 class RevokeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     units: int | None = Field(
         default=None, ge=1, le=MAX_UNITS, description="Default: what the grant granted."
@@ -230,12 +237,6 @@ class RerunView(BaseModel):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _unavailable(exc: Exception) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unavailable ({type(exc).__name__})"
-    )
-
-
 def _literal(value: str) -> str:
     """A visibility string literal. Values are validated before; this refuses anything else,
     so no request can widen a query."""
@@ -247,8 +248,7 @@ def _literal(value: str) -> str:
 
 
 def _time_literal(moment: datetime) -> str:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return _literal(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    return _literal(to_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
 def list_query(
@@ -313,9 +313,9 @@ async def _describe(handle: WorkflowHandle) -> Any | None:
     except RPCError as exc:
         if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             return None
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     except (RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
 
 
 async def _state(handle: WorkflowHandle, execution_status: Any) -> Any:
@@ -370,8 +370,8 @@ async def list_grants(
     status_: Annotated[
         str | None, Query(alias="status", pattern=STATUS_VALUE, description="CreditStatus")
     ] = None,
-    started_after: Annotated[datetime | None, Query(description="Start time from (ISO)")] = None,
-    started_before: Annotated[datetime | None, Query(description="Start time until (ISO)")] = None,
+    started_after: Annotated[UtcMoment | None, Query(description="Start time from (ISO)")] = None,
+    started_before: Annotated[UtcMoment | None, Query(description="Start time until (ISO)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     page_token: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> GrantPage:
@@ -403,14 +403,8 @@ async def list_grants(
     )
     try:
         await pages.fetch_next_page()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, f"Temporal refused the listing: {exc.message}"
-            ) from exc
-        raise _unavailable(exc) from exc
-    except (RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+    except (RPCError, RuntimeError, TimeoutError) as exc:
+        raise temporal_error(exc) from exc
     executions = [e for e in pages.current_page or [] if e.workflow_type in _KINDS_BY_TYPE]
     following = pages.next_page_token
     return GrantPage(
@@ -519,10 +513,10 @@ async def create_grant(
         except WorkflowAlreadyStartedError:
             pass  # another request with this key won the race: compare with it below
         except (RPCError, RuntimeError, TimeoutError) as exc:
-            raise _unavailable(exc) from exc
+            raise temporal_error(exc) from exc
         description = await _describe(handle)
         if description is None:
-            raise _unavailable(RuntimeError("the grant's run is not visible yet"))
+            raise temporal_error(RuntimeError("the grant's run is not visible yet"))
     memo = await description.memo()
     if memo.get(FINGERPRINT_MEMO) != fingerprint:
         raise HTTPException(
@@ -666,7 +660,7 @@ async def revoke_grant(
     except WorkflowAlreadyStartedError:
         code = status.HTTP_200_OK  # another request revoked it meanwhile
     except (RPCError, RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     try:
         await asyncio.wait_for(revoke.result(), timeout=REVOKE_WAIT_SECONDS)
     except WorkflowFailureError:
@@ -685,7 +679,7 @@ async def _revoke_input(
 ) -> RevokeInput:
     state = _plain(await _state(handle, description.status))
     if not isinstance(state, dict):
-        raise _unavailable(RuntimeError("no worker answered the grant's state query"))
+        raise temporal_error(RuntimeError("no worker answered the grant's state query"))
     customer_id = state.get("customer_id") or ""
     if kind == GrantKind.ORDER:
         if state.get("status") not in GRANTED_STATUSES:
@@ -821,7 +815,7 @@ async def rerun_order(
             status.HTTP_409_CONFLICT, f"Order {order_id!r}: another run started meanwhile."
         ) from exc
     except (RPCError, RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     return RerunView(
         order_id=order_id,
         id=workflow_id,
@@ -841,7 +835,7 @@ async def _first_input(temporal: Client, workflow_id: str, run_id: str | None) -
             (input,) = await temporal.data_converter.decode(payloads, [OrderCreditsInput])
             return input
     except (RPCError, RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     except (ApplicationError, ValueError, TypeError) as exc:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"The run's input cannot be read again: {exc}"

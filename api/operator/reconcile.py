@@ -18,6 +18,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR, WriterDep
+from api.operator.route import OperatorRoute
+from api.operator.temporal_errors import temporal_error
 from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits.operators import started_by
@@ -25,7 +27,9 @@ from polar_credits.reconcile_schedule import start_reconcile_now
 from polar_credits.reconciliation import RUN_ID_PREFIX
 from workflows.reconcile import ReconcileWorkflow
 
-router = APIRouter(prefix="/reconcile", tags=["reconciliation"], dependencies=[OPERATOR])
+router = APIRouter(
+    prefix="/reconcile", tags=["reconciliation"], dependencies=[OPERATOR], route_class=OperatorRoute
+)
 
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
 _STATUS_NAMES = {
@@ -50,12 +54,6 @@ class ReconcileRun(BaseModel):
     )
 
 
-def _unavailable(exc: Exception) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unavailable ({type(exc).__name__})"
-    )
-
-
 @router.post(
     "",
     response_model=ReconcileRun,
@@ -72,7 +70,7 @@ async def reconcile_now(
     try:
         handle = await start_reconcile_now(temporal, settings, operator=operator.name)
     except (RPCError, RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     return ReconcileRun(
         workflow_id=handle.id,
         status="running",
@@ -106,9 +104,9 @@ async def reconcile_run(
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise missing from None
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     except (RuntimeError, TimeoutError) as exc:
-        raise _unavailable(exc) from exc
+        raise temporal_error(exc) from exc
     return ReconcileRun(
         workflow_id=workflow_id,
         status=_STATUS_NAMES.get(state, "running"),

@@ -19,6 +19,8 @@ from temporalio.service import RPCError
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from api.operator.route import OperatorRoute
+from api.operator.temporal_errors import temporal_error
 from polar_credits import ui_summaries as ui
 from polar_credits.decision import describe
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
@@ -26,7 +28,9 @@ from polar_credits.orders import PaidOrder, order_facts
 from workflows.rules_preview import RulesPreviewWorkflow
 
 # A preview grants nothing and reserves nothing: a read token may ask for one.
-router = APIRouter(prefix="/rules", tags=["rules"], dependencies=[OPERATOR])
+router = APIRouter(
+    prefix="/rules", tags=["rules"], dependencies=[OPERATOR], route_class=OperatorRoute
+)
 
 # A preview is a few quick activities; someone is waiting for the answer.
 PREVIEW_TIMEOUT = timedelta(seconds=60)
@@ -109,10 +113,8 @@ async def preview(
                 "is the worker running?",
             ) from exc
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the preview failed: {cause}") from exc
-    except RPCError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unavailable: {exc.message}"
-        ) from exc
+    except (RPCError, RuntimeError) as exc:
+        raise temporal_error(exc) from exc
     return _answer(decision, workflow_id)
 
 

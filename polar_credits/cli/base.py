@@ -58,8 +58,10 @@ _STATUS_EXIT = {
     401: ExitCode.USAGE,
     403: ExitCode.USAGE,  # a read token on a command that changes something
     404: ExitCode.NOT_FOUND,
+    408: ExitCode.UNAVAILABLE,  # the body was slow to arrive: the network, not the request
     409: ExitCode.CONFLICT,
-    422: ExitCode.USAGE,
+    413: ExitCode.USAGE,  # too large: split the request (a backfill's customers)
+    422: ExitCode.USAGE,  # includes what Temporal refuses for good (a payload over its limit)
     503: ExitCode.UNAVAILABLE,
 }
 
