@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.allowance import capped_units
+from activities.allowance import capped_units, within_max
 from polar_credits import search_attributes as sa
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import (
@@ -45,6 +45,7 @@ TOPUP = "product-topup"
 ROLLOVER = "product-rollover"
 TRIAL = "product-trial"
 PLAIN = "product-without-allowance"
+SEAT_HEAVY = "product-seat-heavy"
 
 RULES = parse_rules(
     f"""
@@ -95,6 +96,13 @@ units = 7
 every = "1 week"
 during_trial = false
 products = ["{TRIAL}"]
+
+[[rules]]
+id = "seat-heavy"
+meter = "api_calls"
+units_per_seat = 2000
+every = "1 month"
+products = ["{SEAT_HEAVY}"]
 """
 )
 
@@ -132,6 +140,7 @@ class FakePolar:
                 units, seen = capped_units(rule, self.balance, None, [])
             else:
                 units = rule.units or 0
+            within_max(units)  # the real activity's check: above the maximum, nothing is sent
             duplicate = external_id in self.events
             if not duplicate and units > 0:
                 self.events[external_id] = units
@@ -148,6 +157,10 @@ class FakePolar:
 
         return [allowance_rules, grant_allowance]
 
+    def customers(self) -> set[str]:
+        """The customers Polar was asked to credit."""
+        return {call.customer_id for call in self.calls}
+
     def periods(self) -> list[str]:
         """The period starts Polar holds a grant for, in order."""
         return sorted(key.rsplit(":period:", 1)[1] for key in self.events)
@@ -161,6 +174,7 @@ class Subscription:
     product_id: str = YEARLY
     interval_months: int = 12
     id: str = field(default_factory=lambda: f"sub-{uuid.uuid4().hex[:10]}")
+    customer_id: str = "customer-1"
     version: int = 0
     status: str = "active"
     seats: int | None = None
@@ -178,7 +192,7 @@ class Subscription:
         start, end = self.period_bounds()
         return SubscriptionFacts(
             subscription_id=self.id,
-            customer_id="customer-1",
+            customer_id=self.customer_id,
             product_id=self.product_id,
             status=self.status,
             modified_at=(
@@ -721,3 +735,43 @@ async def test_a_second_run_for_the_subscription_grants_no_period_twice(
     assert sum(fake.events.values()) == 500
     assert [g.already_granted for g in after.grants] == [True, False, False]
     assert after.units_total == 200  # the new run's own grants; March was the first run's
+
+
+@pytest.mark.parametrize("seats", [2**53, 10**9])
+async def test_a_per_seat_amount_above_the_maximum_is_held_and_the_next_period_still_grants(
+    skipping_env: WorkflowEnvironment, queue: str, seats: int
+) -> None:
+    """Issue 16, item 7: 2000 units a seat × 2^53 seats once reached Polar as -1.8e19 units,
+    then the run failed its workflow task forever (CreditUnits overflowed). Now the period is
+    held: recorded with its amount, shown as `held_over_max`, nothing sent; the run goes on,
+    and once the seats are sane again the next period grants."""
+    env = skipping_env
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, product_id=SEAT_HEAVY, seats=seats) as (
+        sub,
+        handle,
+    ):
+        anchor = sub.anchor
+        await sleep_until(env, anchor + timedelta(days=1))
+        held = await state(handle)
+        held_attributes = (await handle.describe()).typed_search_attributes
+        await change(env, handle, sub, "subscription.updated", seats=3)
+        await sleep_until(env, month(anchor, 1) + timedelta(days=1))
+        after = await state(handle)
+        after_attributes = (await handle.describe()).typed_search_attributes
+    assert list(fake.events.values()) == [3 * 2000]
+    assert fake.periods() == [stamp(month(anchor, 1))]  # the held month never reached Polar
+    assert (held.status, held.grants_total, held.units_total) == ("held_over_max", 0, 0)
+    [record] = held.held
+    assert (record.rule_id, record.units, record.period_start) == (
+        "seat-heavy",
+        2000 * seats,
+        stamp(anchor),
+    )
+    assert "per-grant maximum" in record.reason and str(2000 * seats) in record.reason
+    assert held.next_grant_at == stamp(month(anchor, 1))  # not stuck: the next period is due
+    assert held_attributes.get(sa.CREDIT_STATUS) == "held_over_max"
+    assert held_attributes.get(sa.CREDIT_UNITS) == 0
+    assert (after.status, after.grants_total, after.units_total) == ("active", 1, 6000)
+    assert after.held_total == 1 and after.holding == []
+    assert after_attributes.get(sa.CREDIT_STATUS) == "active"
