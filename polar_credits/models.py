@@ -509,3 +509,7 @@ class AllowanceState:
     held: list[HeldGrant] = field(default_factory=list)
     held_total: int = 0
     holding: list[str] = field(default_factory=list)
+    # Messages refused because they name another customer than the subscription's (a
+    # subscription's customer never changes in Polar): "what: why", most recent.
+    refused: list[str] = field(default_factory=list)
+    refused_total: int = 0

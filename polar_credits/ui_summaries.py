@@ -364,9 +364,10 @@ def allowance_waiting(
     grants_total: int = 0,
     units_total: int = 0,
     held_total: int = 0,
+    refused_total: int = 0,
 ) -> str:
     """What the allowance run waits for, by its status (AllowanceStatus values), and what
-    needs an operator's eye (periods held over the maximum)."""
+    needs an operator's eye (periods held over the maximum, messages refused)."""
     so_far = (
         f"{grants_total} period{'s' if grants_total != 1 else ''} granted, "
         f"{in_credits(units_total)} in all"
@@ -376,6 +377,12 @@ def allowance_waiting(
     held = (
         f"{held_total} period{'s' if held_total != 1 else ''} held over the per-grant maximum"
         if held_total
+        else None
+    )
+    refused = (
+        f"{refused_total} message{'s' if refused_total != 1 else ''} refused: another "
+        "customer than the subscription's"
+        if refused_total
         else None
     )
     if status == "waiting_for_payment":
@@ -392,7 +399,7 @@ def allowance_waiting(
         head = f"waiting for the next period{SEP}{when(grant_at)}"
     else:
         head = f"{_plain(status, 40)}{SEP}no cadence rule applies now"
-    return _summary(head, so_far, held)
+    return _summary(head, so_far, held, refused)
 
 
 def allowance_deciding() -> str:

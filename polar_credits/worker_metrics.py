@@ -36,6 +36,7 @@ PERMIT_WAIT = "polar_credits_polar_permit_wait_seconds"
 WAITING = "polar_credits_gateway_waiting"
 BUDGET = "polar_credits_polar_budget_per_minute"
 GRANTS_HELD = "polar_credits_grants_held_over_max"
+MESSAGES_REFUSED = "polar_credits_allowance_messages_refused"
 
 # A permit normally comes within a second; under a full budget, calls queue for minutes.
 PERMIT_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -123,6 +124,13 @@ def count_held(kind: str, grants: int) -> None:
     workflow.metric_meter().create_counter(
         GRANTS_HELD, "Grants held: computed above the per-grant maximum, never sent to Polar."
     ).add(grants, {"kind": kind})
+
+
+def count_refused(reason: str) -> None:
+    """From an allowance run: a message it refused (reason: customer_mismatch)."""
+    workflow.metric_meter().create_counter(
+        MESSAGES_REFUSED, "Messages an allowance run refused, by reason."
+    ).add(1, {"reason": reason})
 
 
 class GatewayMetrics:

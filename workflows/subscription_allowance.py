@@ -5,7 +5,9 @@ One run per subscription (its id derived from the subscription id), started or s
 the API with signal-with-start, so a webhook that arrives before the run exists is not lost.
 Every message carries the subscription as Polar showed it; the run keeps the newest by the
 subscription's own `modified_at` (an ended subscription stays ended), so deliveries arriving
-twice, late or out of order change nothing. Grant periods are counted from the subscription's
+twice, late or out of order change nothing. A subscription's customer never changes in Polar:
+a message naming another customer is refused (recorded in the state, logged, counted) and
+changes nothing. Grant periods are counted from the subscription's
 start with durable timers; each is keyed in Polar on (subscription, rule, period start), so
 no crash, replay, reset or second run grants a period twice. The run continues as new before
 its history grows large, carrying its state. A period whose amount comes out above the
@@ -40,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionObservation,
         order_key,
     )
-    from polar_credits.worker_metrics import count_held
+    from polar_credits.worker_metrics import count_held, count_refused
     from workflows.order_credits import (
         ACTIVITY_TIMEOUT,
         HEARTBEAT_TIMEOUT,
@@ -59,6 +61,7 @@ HISTORY_LIMIT = 2_000
 GRANTS_KEPT = 24
 SKIPS_KEPT = 24
 HELD_KEPT = 24
+REFUSED_KEPT = 24
 
 
 def allowance_workflow_id(subscription_id: str) -> str:
@@ -288,6 +291,9 @@ class SubscriptionAllowanceWorkflow:
         while self._inbox:
             observation = self._inbox.pop(0)
             facts = observation.facts
+            if state.facts is not None and facts.customer_id != state.facts.customer_id:
+                self._refuse(observation, state.facts.customer_id)
+                continue
             if not state.subscription_id:
                 state.subscription_id = facts.subscription_id
             if observation.paid_order_id is not None:
@@ -313,6 +319,23 @@ class SubscriptionAllowanceWorkflow:
         if state.anchor is None and state.facts is not None:
             state.anchor = state.facts.modified_at or _stamp(workflow.now())
 
+    def _refuse(self, observation: SubscriptionObservation, customer_id: str) -> None:
+        """A message naming another customer than the subscription's: a subscription's
+        customer never changes in Polar, so it is refused whole (no payment, no facts), and
+        flagged. Ids only: no personal data."""
+        state = self._state
+        what = shown(observation.event_type or "message", 60)
+        if observation.paid_order_id is not None:
+            what += f" (order {shown(observation.paid_order_id)})"
+        why = (
+            f"names customer {shown(observation.facts.customer_id)}, but the subscription's "
+            f"customer is {shown(customer_id)}: refused, nothing granted"
+        )
+        state.refused = (state.refused + [f"{what}: {why}"])[-REFUSED_KEPT:]
+        state.refused_total += 1
+        workflow.logger.warning("subscription %s: %s %s", shown(state.subscription_id), what, why)
+        count_refused("customer_mismatch")
+
     async def _wait(
         self,
         status: AllowanceStatus,
@@ -337,6 +360,7 @@ class SubscriptionAllowanceWorkflow:
                 grants_total=state.grants_total,
                 units_total=state.units_total,
                 held_total=state.held_total,
+                refused_total=state.refused_total,
             )
         )
         timeout = None

@@ -737,6 +737,47 @@ async def test_a_second_run_for_the_subscription_grants_no_period_twice(
     assert after.units_total == 200  # the new run's own grants; March was the first run's
 
 
+async def test_a_paid_order_of_another_customer_is_refused_and_the_period_stays_the_subscribers(
+    skipping_env: WorkflowEnvironment, queue: str
+) -> None:
+    """Issue 16, item 6: a signed order.paid from customer B naming A's subscription once
+    switched the run to B. A subscription's customer never changes in Polar: the message is
+    refused, flagged in the run, and every period stays A's."""
+    env = skipping_env
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, customer_id="customer-a") as (sub, handle):
+        anchor = sub.anchor
+        await sleep_until(env, anchor + timedelta(days=1))
+        intruder = replace_customer(sub.paid_order(await now(env)), "customer-b")
+        await tell(env, handle, intruder)
+        # A subscription webhook naming B: refused the same way (and its newer facts unused).
+        await tell(
+            env,
+            handle,
+            replace_customer(sub.webhook("subscription.updated", await now(env)), "customer-b"),
+        )
+        refused = await state(handle)
+        await sleep_until(env, month(anchor, 2) + timedelta(days=1))
+        after = await state(handle)
+        described = await handle.describe()
+    assert refused.refused_total == 2
+    assert refused.facts is not None and refused.facts.customer_id == "customer-a"
+    assert "customer-b" in refused.refused[0] and "customer-a" in refused.refused[0]
+    assert intruder.paid_order_id is not None and intruder.paid_order_id in refused.refused[0]
+    assert (refused.status, refused.grants_total) == ("active", 1)
+    # The months after it are granted, to A only.
+    assert len(fake.periods()) == 3 and fake.customers() == {"customer-a"}
+    assert (after.grants_total, after.units_total, after.refused_total) == (3, 300, 2)
+    assert described.typed_search_attributes.get(sa.POLAR_CUSTOMER_ID) == "customer-a"
+
+
+def replace_customer(
+    observation: SubscriptionObservation, customer_id: str
+) -> SubscriptionObservation:
+    observation.facts.customer_id = customer_id
+    return observation
+
+
 @pytest.mark.parametrize("seats", [2**53, 10**9])
 async def test_a_per_seat_amount_above_the_maximum_is_held_and_the_next_period_still_grants(
     skipping_env: WorkflowEnvironment, queue: str, seats: int
