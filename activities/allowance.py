@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
@@ -81,6 +81,8 @@ def within_max(units: int) -> int:
             units,
             type=PolarErrorType.GRANT_OVER_MAX.value,
             non_retryable=True,
+            # An outcome, not a fault: the run logs the warning; the SDK logs it at DEBUG.
+            category=ApplicationErrorCategory.BENIGN,
         )
     return units
 

@@ -786,7 +786,13 @@ async def test_a_per_seat_amount_above_the_maximum_is_held_and_the_next_period_s
     then the run failed its workflow task forever (CreditUnits overflowed). Now the period is
     held: recorded with its amount, shown as `held_over_max`, nothing sent; the run goes on,
     and once the seats are sane again the next period grants."""
-    env = skipping_env
+    await held_over_max_then_granted(skipping_env, queue, seats)
+
+
+async def held_over_max_then_granted(
+    env: WorkflowEnvironment, queue: str, seats: int = 2**53
+) -> None:
+    """The test above (also a recorded history: tests/histories/record_allowance.py)."""
     fake = FakePolar()
     async with paid_subscription(env, queue, fake, product_id=SEAT_HEAVY, seats=seats) as (
         sub,
