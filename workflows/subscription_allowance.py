@@ -7,10 +7,10 @@ Every message carries the subscription as Polar showed it; the run keeps the new
 subscription's own `modified_at` (an ended subscription stays ended), so deliveries arriving
 twice, late or out of order change nothing. A subscription's customer never changes in Polar:
 a message naming another customer is refused (recorded in the state, logged, counted) and
-changes nothing. Grant periods are counted from the subscription's
-start with durable timers; each is keyed in Polar on (subscription, rule, period start), so
-no crash, replay, reset or second run grants a period twice. The run continues as new before
-its history grows large, carrying its state. A period whose amount comes out above the
+changes nothing. Grant periods are counted from the subscription's start with durable timers;
+each is keyed in Polar on (subscription, rule, period start), so no crash, replay, reset or
+second run grants a period twice. The run continues as new before its history grows large,
+carrying its state. A period whose amount comes out above the
 per-grant maximum (polar_credits/grant_limit.py) is held: recorded, shown, never sent; the run
 goes on to the next period.
 """
@@ -250,6 +250,10 @@ class SubscriptionAllowanceWorkflow:
             self._adopt(rules, at_once=self._state.decided_trialing and not trialing)
         self._state.decided_trialing = trialing
         self._state.rules = rules
+        if self._state.holding:
+            # A held rule that no longer applies (a product change) holds nothing any more.
+            applying = {rule.rule_id for rule in rules}
+            self._state.holding = [r for r in self._state.holding if r in applying]
 
     def _adopt(self, rules: list[AllowanceRule], at_once: bool) -> None:
         """Rules that apply from now: at first, the period holding now is granted at once;

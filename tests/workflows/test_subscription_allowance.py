@@ -822,3 +822,25 @@ async def held_over_max_then_granted(
     assert (after.status, after.grants_total, after.units_total) == ("active", 1, 6000)
     assert after.held_total == 1 and after.holding == []
     assert after_attributes.get(sa.CREDIT_STATUS) == "active"
+
+
+async def test_a_held_rule_that_no_longer_applies_holds_nothing(
+    skipping_env: WorkflowEnvironment, queue: str
+) -> None:
+    """A product change away from the rule whose period was held: the run shows the new
+    product's standing, not `held_over_max` for a rule that no longer applies."""
+    env = skipping_env
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, product_id=SEAT_HEAVY, seats=10**9) as (
+        sub,
+        handle,
+    ):
+        await sleep_until(env, sub.anchor + timedelta(days=1))
+        held = await state(handle)
+        await change(env, handle, sub, "subscription.updated", product_id=YEARLY)
+        moved = await state(handle)
+        await sleep_until(env, month(sub.anchor, 1) + timedelta(days=1))
+        after = await state(handle)
+    assert (held.status, held.holding) == ("held_over_max", ["seat-heavy"])
+    assert (moved.status, moved.holding, moved.held_total) == ("active", [], 1)
+    assert (after.status, after.grants_total, after.units_total) == ("active", 1, 100)
