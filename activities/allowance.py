@@ -10,15 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.credits import heartbeating
 from activities.gateway import PolarGateway
+from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.logsafe import shown
 from polar_credits.models import (
     AllowanceGrant,
     AllowanceGrantInput,
     AllowanceRule,
     AllowanceRulesInput,
+    PolarErrorType,
     order_key,
 )
 from polar_credits.rules import RulesFile, allowance_external_id, decide_allowance_rules
@@ -69,6 +72,21 @@ def capped_units(
     return max(0, int(rule.units - excess)), counted
 
 
+def within_max(units: int) -> int:
+    """The period's amount, or, above the per-grant maximum (units per seat × a huge seat
+    count), the named error that makes the run hold the period: nothing is sent, no retry."""
+    if over_max(units):
+        raise ApplicationError(
+            held_reason(units),
+            units,
+            type=PolarErrorType.GRANT_OVER_MAX.value,
+            non_retryable=True,
+            # An outcome, not a fault: the run logs the warning; the SDK logs it at DEBUG.
+            category=ApplicationErrorCategory.BENIGN,
+        )
+    return units
+
+
 class AllowanceActivities:
     """Holds the gateway and the rules; the worker registers its bound methods."""
 
@@ -100,6 +118,7 @@ class AllowanceActivities:
             )
         else:
             units = rule.units or 0
+        within_max(units)
         grant = AllowanceGrant(
             rule_id=rule.rule_id,
             period_start=input.period_start,

@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.gateway import MeterRow, OrderStamp, PolarGateway
 from polar_credits.decision import explain_order
+from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import shown
 from polar_credits.models import (
     DecideOrderInput,
@@ -124,15 +125,13 @@ class CreditActivities:
     @activity.defn(name="evaluate_rules")
     async def evaluate_rules(self, order: OrderFacts) -> list[Grant]:
         """The first releases' decision (grants only), for runs started before the record."""
-        return decide_grants(self._rules, order)
+        return [g for g in decide_grants(self._rules, order) if not over_max(g.units)]
 
     @activity.defn(name="decide_order_grants")
     async def decide_order_grants(self, input: DecideOrderInput) -> OrderDecision:
         """The decision record: rules version, each rule's verdict and reason, the grants
         (before per-customer caps, which the order run applies with the ledger)."""
-        decision = explain_order(self._rules, input.order, input.first_order)
-        decision.preview = input.preview
-        return decision
+        return explain_order(self._rules, input.order, input.first_order, preview=input.preview)
 
     @activity.defn(name="look_up_first_order")
     async def look_up_first_order(self, input: FirstOrderInput) -> FirstOrderFact:

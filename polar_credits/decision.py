@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.models import (
     CapOutcome,
     CapReservation,
     FirstOrderFact,
     Grant,
+    HeldGrant,
     OrderDecision,
     OrderFacts,
     RuleVerdict,
@@ -39,12 +41,20 @@ def needs_first_order(rules: RulesFile, order: OrderFacts) -> bool:
 
 
 def explain_order(
-    rules: RulesFile, order: OrderFacts, first_order: FirstOrderFact | None = None
+    rules: RulesFile,
+    order: OrderFacts,
+    first_order: FirstOrderFact | None = None,
+    *,
+    preview: bool = False,
 ) -> OrderDecision:
     """Every rule's verdict, in precedence order, and the grants they make. When a rule needs
-    the first-order fact and it is not given, the decision only says so (`needs`)."""
+    the first-order fact and it is not given, the decision only says so (`needs`). A grant
+    above the per-grant maximum is held (`held`), not among the grants."""
     decision = OrderDecision(
-        order_id=order.order_id, rules_version=rules.version, first_order=first_order
+        order_id=order.order_id,
+        rules_version=rules.version,
+        first_order=first_order,
+        preview=preview,
     )
     if first_order is None and needs_first_order(rules, order):
         decision.needs = [FIRST_ORDER]
@@ -80,6 +90,14 @@ def explain_order(
         units = sum(g.units for g in grants)
         verdict.units = units
         verdict.reason = f"matched: {units} units" if units else "matched: 0 units, no grant"
+        if over_max(units):
+            # Units per seat × a huge seat count, say: held where an operator sees it (this
+            # record, the run's status), never sent to Polar.
+            reason = held_reason(units)
+            verdict.units = 0
+            verdict.reason = f"{'would be held' if decision.preview else 'held'}: {reason}"
+            decision.held.append(HeldGrant(rule_id=rule.id, units=units, reason=reason))
+            grants = []
         decision.grants.extend(g for g in grants if g.units > 0)
         if rule.stop:
             stopped_by = rule.id
@@ -155,6 +173,8 @@ def describe(decision: OrderDecision) -> list[str]:
     lines += [f"{v.rule_id}: {v.reason}" for v in decision.verdicts]
     total = sum(g.units for g in decision.grants)
     lines.append(f"grants: {total} units in {len(decision.grants)} grant(s)")
+    if decision.held:
+        lines.append(f"held over the per-grant maximum: {len(decision.held)} grant(s)")
     return lines
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from polar_credits.grant_limit import HELD_OVER_MAX
+
 # A metadata value: str, int, float or bool, as JSON carries it. Typed Any because Temporal's
 # converter tries a union's members in order, and its int() turns True into 1 and 1.5 into 1:
 # a rule asking for `true` would never match after the value crossed into a workflow.
@@ -45,6 +47,9 @@ class CreditStatus(StrEnum):
     # Every grant was already in Polar before this run (another order for the same
     # subscription period): nothing granted, nothing to verify.
     ALREADY_GRANTED = "already_granted"
+    # Every amount the rules computed was above the per-grant maximum (polar_credits/
+    # grant_limit.py): held in the decision record, nothing sent to Polar.
+    HELD_OVER_MAX = HELD_OVER_MAX
 
 
 class PolarErrorType(StrEnum):
@@ -55,6 +60,8 @@ class PolarErrorType(StrEnum):
     UNAVAILABLE = "PolarUnavailable"
     AUTH = "PolarAuthError"
     ORDER_NOT_FOUND = "PolarOrderNotFound"  # a preview by order id: Polar has no such order
+    # Not Polar's: an amount above the per-grant maximum, held and never sent (no retry).
+    GRANT_OVER_MAX = "GrantOverMaximum"
 
 
 @dataclass
@@ -265,6 +272,16 @@ class RuleVerdict:
 
 
 @dataclass
+class HeldGrant:
+    """An amount the rules computed above the per-grant maximum: recorded, never sent."""
+
+    rule_id: str
+    units: int  # the amount as computed
+    reason: str
+    period_start: str | None = None  # an allowance period
+
+
+@dataclass
 class OrderDecision:
     """The decision record: the rules version, each rule's verdict, the facts looked up,
     and the resulting grants. Recorded in the order run's history and its `state`."""
@@ -278,6 +295,8 @@ class OrderDecision:
     needs: list[str] = field(default_factory=list)
     # A preview: nothing granted, nothing reserved; caps shown as they stand now.
     preview: bool = False
+    # Grants above the per-grant maximum: held here, not in `grants`, never sent.
+    held: list[HeldGrant] = field(default_factory=list)
 
 
 @dataclass
@@ -368,6 +387,9 @@ class AllowanceStatus(StrEnum):
     # or its next billing period has not started yet: held until it is, or it ends.
     HELD = "held"
     ENDING = "ending"  # canceled at period end: no grant at or after that end
+    # The last period of a rule computed an amount above the per-grant maximum: held (in the
+    # state's `held`), skipped, never sent; until that rule grants a period again.
+    HELD_OVER_MAX = HELD_OVER_MAX
     ENDED = "ended"
 
 
@@ -482,3 +504,12 @@ class AllowanceState:
     skipped: list[str] = field(default_factory=list)  # "rule@period: why", most recent
     runs: int = 1  # this run and the ones it continued from
     history_limit: int | None = None  # tests set it low to see continue-as-new happen
+    # Periods whose computed amount was above the per-grant maximum (most recent), and the
+    # rules whose latest period was held (the run shows `held_over_max` until they grant).
+    held: list[HeldGrant] = field(default_factory=list)
+    held_total: int = 0
+    holding: list[str] = field(default_factory=list)
+    # Messages refused because they name another customer than the subscription's (a
+    # subscription's customer never changes in Polar): "what: why", most recent.
+    refused: list[str] = field(default_factory=list)
+    refused_total: int = 0

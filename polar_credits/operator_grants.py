@@ -21,7 +21,7 @@ MAX_KEY_CHARS = 500
 # The reason goes into the event's metadata (Polar: at most 500 characters a value) and the
 # run's history: an operator's note, not a document.
 MAX_REASON_CHARS = 200
-MAX_UNITS = 1_000_000_000
+# A manual grant's and a revoke's units: at most MAX_GRANT_UNITS (polar_credits/grant_limit.py).
 
 MANUAL_PREFIX = "manual-grant-"
 REVOKE_PREFIX = "revoke-"

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from polar_credits.cadence import parse_cadence
+from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.models import AllowanceRule, Grant, OrderFacts, SubscriptionFacts, order_key
 
 BillingReason = Literal[
@@ -112,16 +113,19 @@ class Rule(BaseModel):
     # again; defaults to the id, which is what every grant made before keys existed used.
     key: str | None = Field(default=None, min_length=1, max_length=100)
     meter: str
-    # How much: exactly one of these four.
-    units: StrictInt | None = Field(default=None, gt=0)
-    units_per_seat: StrictInt | None = Field(default=None, gt=0)  # × the seats bought
+    # How much: exactly one of these four. No amount may exceed the per-grant maximum
+    # (MAX_GRANT_UNITS); one computed above it (per seat, per currency unit) is held.
+    units: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)
+    units_per_seat: StrictInt | None = Field(  # × the seats bought
+        default=None, gt=0, le=MAX_GRANT_UNITS
+    )
     # × the order's net amount in currency units (pay-what-you-want products), rounded as
     # `rounding` says (no default: the merchant decides), then held within min/max_units.
     units_per_currency_unit: Decimal | None = Field(default=None, gt=0, le=1_000_000)
     rounding: Literal["down", "up", "nearest"] | None = None
-    min_units: StrictInt | None = Field(default=None, gt=0)
-    max_units: StrictInt | None = Field(default=None, gt=0)
-    top_up_to: StrictInt | None = Field(default=None, gt=0)  # cadence rules only
+    min_units: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)
+    max_units: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)
+    top_up_to: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)  # cadence only
     products: list[str] | None = None
     billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
     # Order metadata this rule requires, key → a value (equal), { in = [...] } or
@@ -445,6 +449,8 @@ def _describe(err: dict, raw: dict) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key (check the spelling)"
+    if err["type"] == "less_than_equal" and err.get("ctx", {}).get("le") == MAX_GRANT_UNITS:
+        message = f"at most {MAX_GRANT_UNITS}, the per-grant maximum of every grant"
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         rules = raw.get("rules")
         rule = rules[loc[1]] if isinstance(rules, list) and loc[1] < len(rules) else None

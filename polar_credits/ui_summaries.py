@@ -347,6 +347,11 @@ def order_done(status: str, units: int = 0, rule_ids: Iterable[str] = ()) -> str
         return f"done{SEP}already granted (Polar held every grant of this period){SEP}nothing new"
     if status == "failed":
         return f"failed{SEP}nothing granted{SEP}the reason is in the run's failure"
+    if status == "held_over_max":
+        return (
+            f"done{SEP}held: the amount is above the per-grant maximum{SEP}nothing sent to "
+            "Polar (see the decision)"
+        )
     return _summary(f"done{SEP}{_plain(status, 40)}")
 
 
@@ -358,12 +363,26 @@ def allowance_waiting(
     why: str | None = None,
     grants_total: int = 0,
     units_total: int = 0,
+    held_total: int = 0,
+    refused_total: int = 0,
 ) -> str:
-    """What the allowance run waits for, by its status (AllowanceStatus values)."""
+    """What the allowance run waits for, by its status (AllowanceStatus values), and what
+    needs an operator's eye (periods held over the maximum, messages refused)."""
     so_far = (
         f"{grants_total} period{'s' if grants_total != 1 else ''} granted, "
         f"{in_credits(units_total)} in all"
         if grants_total
+        else None
+    )
+    held = (
+        f"{held_total} period{'s' if held_total != 1 else ''} held over the per-grant maximum"
+        if held_total
+        else None
+    )
+    refused = (
+        f"{refused_total} message{'s' if refused_total != 1 else ''} refused: another "
+        "customer than the subscription's"
+        if refused_total
         else None
     )
     if status == "waiting_for_payment":
@@ -374,11 +393,13 @@ def allowance_waiting(
         head = f"paused{SEP}periods due while paused are skipped"
     elif status == "ending":
         head = f"ending{SEP}no grant from {when(until)}"
+    elif status == "held_over_max":
+        head = f"held over the per-grant maximum{SEP}nothing sent{SEP}next period {when(grant_at)}"
     elif grant_at is not None:
         head = f"waiting for the next period{SEP}{when(grant_at)}"
     else:
         head = f"{_plain(status, 40)}{SEP}no cadence rule applies now"
-    return _summary(head, so_far)
+    return _summary(head, so_far, held, refused)
 
 
 def allowance_deciding() -> str:

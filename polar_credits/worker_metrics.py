@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from polar.base import PolarClientError, PolarRateLimitError
 from polar.v2026_10.errors import HTTPValidationError
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -29,6 +29,8 @@ PERMITS = "polar_credits_polar_permits"
 PERMIT_WAIT = "polar_credits_polar_permit_wait_seconds"
 WAITING = "polar_credits_gateway_waiting"
 BUDGET = "polar_credits_polar_budget_per_minute"
+GRANTS_HELD = "polar_credits_grants_held_over_max"
+MESSAGES_REFUSED = "polar_credits_allowance_messages_refused"
 
 # A permit normally comes within a second; under a full budget, calls queue for minutes.
 PERMIT_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -95,6 +97,21 @@ def record_verifications(outcomes: list[tuple[str, bool]]) -> None:
     )
     for meter_name, verified in outcomes:
         counter.add(1, {"meter": meter_name, "outcome": "verified" if verified else "unverified"})
+
+
+def count_held(kind: str, grants: int) -> None:
+    """From a workflow: grants held because their amount is above the per-grant maximum,
+    by run kind (order, allowance). The SDK records nothing while a workflow replays."""
+    workflow.metric_meter().create_counter(
+        GRANTS_HELD, "Grants held: computed above the per-grant maximum, never sent to Polar."
+    ).add(grants, {"kind": kind})
+
+
+def count_refused(reason: str) -> None:
+    """From an allowance run: a message it refused (reason: customer_mismatch)."""
+    workflow.metric_meter().create_counter(
+        MESSAGES_REFUSED, "Messages an allowance run refused, by reason."
+    ).add(1, {"reason": reason})
 
 
 class GatewayMetrics:

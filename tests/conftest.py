@@ -41,6 +41,7 @@ PROMO_PRODUCT_ID = "11111111-0000-4000-8000-00000000b006"
 PWYW_PRODUCT_ID = "11111111-0000-4000-8000-00000000b007"
 EDU_PRODUCT_ID = "11111111-0000-4000-8000-00000000b008"
 KIT_PRODUCT_ID = "11111111-0000-4000-8000-00000000b009"
+SEAT_HEAVY_PRODUCT_ID = "11111111-0000-4000-8000-00000000b00a"
 
 TEST_RULES = f"""
 [meters.api_calls]
@@ -81,6 +82,15 @@ meter = "api_calls"
 units_per_seat = 40
 every = "1 month"
 products = ["{TEAM_YEARLY_PRODUCT_ID}"]
+
+# 2,000 units a seat a month on "Enterprise yearly": a huge seat count computes an amount
+# above the per-grant maximum (issue 16), which the allowance run holds.
+[[rules]]
+id = "enterprise-monthly"
+meter = "api_calls"
+units_per_seat = 2000
+every = "1 month"
+products = ["{SEAT_HEAVY_PRODUCT_ID}"]
 
 # Rules v2 on the "Promo pack": 10 units by default; during the winter sale, a spring or
 # launch campaign paid in dollars (at least $10) gets 50 instead (priority + stop).
@@ -233,6 +243,12 @@ def seeded_standin(db: Path, *, balance_lag: float) -> StandinProcess:
             name="Team yearly",
             id=TEAM_YEARLY_PRODUCT_ID,
             price_amount=99000,
+            recurring_interval="year",
+        )
+        process.create_product(
+            name="Enterprise yearly",
+            id=SEAT_HEAVY_PRODUCT_ID,
+            price_amount=990000,
             recurring_interval="year",
         )
         process.create_product(name="Promo pack", id=PROMO_PRODUCT_ID, price_amount=2900)

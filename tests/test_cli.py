@@ -144,3 +144,20 @@ def test_worker_exits_with_1_when_temporal_is_unreachable(tmp_path: Path) -> Non
     )
     assert result.returncode == ExitCode.FAILED, result.stdout + result.stderr
     assert "cannot reach Temporal" in result.stderr
+
+
+def test_units_above_the_per_grant_maximum_are_a_usage_error_before_any_request() -> None:
+    """The one per-grant maximum (10^9) holds in the CLI too: exit 2, nothing sent (the API
+    URL here answers nothing, so a request would have failed otherwise)."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    over = "1000000001"
+    for args in (
+        ["grants", "create", "--customer", "c1", "--meter", "api_calls", "--units", over,
+         "--reason", "ticket", "--idempotency-key", "k1"],
+        ["grants", "revoke", "manual-grant-k1", "--units", over],
+        ["backfill", "start", "--key", "k1", "--meter", "api_calls", "--units", over,
+         "--reason", "gift", "--all-active"],
+    ):  # fmt: skip
+        result = run(*args, CREDITS_API_URL=closed, CREDITS_OPERATOR_TOKEN="t" * 32)
+        assert result.returncode == ExitCode.USAGE, (args, result.stderr)
+        assert "1000000000" in result.stderr, result.stderr

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from polar_credits.decision import explain_order
 from polar_credits.models import OrderFacts, SubscriptionFacts
 from polar_credits.orders import PaidOrder, PolarSubscription, order_facts, subscription_facts
 from polar_credits.rules import (
@@ -279,6 +280,25 @@ def test_a_rule_that_comes_to_zero_units_still_stops_the_evaluation() -> None:
             'id = "r"\nunits_per_currency_unit = 1\nrounding = "down"\nmin_units = 0',
             "rule 'r': min_units",
         ),
+        # One per-grant maximum (10^9) for every grant: no rule may ask for more.
+        *[
+            (body, f"rule 'r': {field}: at most 1000000000, the per-grant maximum")
+            for field, body in (
+                ("units", 'id = "r"\nunits = 1000000001'),
+                ("units_per_seat", 'id = "r"\nunits_per_seat = 1000000001'),
+                ("top_up_to", 'id = "r"\ntop_up_to = 1000000001\nevery = "1 month"'),
+                (
+                    "min_units",
+                    'id = "r"\nunits_per_currency_unit = 1\nrounding = "up"\n'
+                    "min_units = 1000000001",
+                ),
+                (
+                    "max_units",
+                    'id = "r"\nunits_per_currency_unit = 1\nrounding = "up"\n'
+                    "max_units = 1000000001",
+                ),
+            )
+        ],
     ],
 )
 def test_an_amount_that_cannot_work_is_refused(body: str, message: str) -> None:
@@ -383,3 +403,47 @@ def test_metadata_values_keep_their_type_through_temporals_converter() -> None:
         }
     text = rules('id = "r"\nunits = 1\nproduct_metadata = { flag = true }')
     assert decide_grants(parse_rules(text), back)
+
+
+# -- the per-grant maximum -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "order", "units", "held"),
+    [
+        ('id = "r"\nunits_per_seat = 1000', {"seats": 1_000_000}, 10**9, False),
+        ('id = "r"\nunits_per_seat = 1000', {"seats": 1_000_001}, 10**9 + 1000, True),
+        ('id = "r"\nunits_per_seat = 2000', {"seats": 2**53}, 2000 * 2**53, True),
+        (  # $1,000 at a million units a dollar: exactly the maximum
+            'id = "r"\nunits_per_currency_unit = 1000000\nrounding = "down"',
+            {"net_amount": 100_000},
+            10**9,
+            False,
+        ),
+        (
+            'id = "r"\nunits_per_currency_unit = 1000000\nrounding = "down"',
+            {"net_amount": 100_001},
+            10**9 + 10_000,
+            True,
+        ),
+    ],
+)
+def test_a_computed_amount_above_the_per_grant_maximum_is_held_not_granted(
+    body: str, order: dict, units: int, held: bool
+) -> None:
+    text = rules(body)
+    facts = replace(ORDER, **order)
+    decision = explain_order(parse_rules(text), facts)
+    preview = explain_order(parse_rules(text), facts, preview=True)
+    if not held:
+        assert [g.units for g in decision.grants] == [units] and decision.held == []
+        return
+    assert decision.grants == [] and preview.grants == []
+    [record] = decision.held
+    assert (record.rule_id, record.units) == ("r", units)
+    assert record.reason == (
+        f"{units} units is above the per-grant maximum of 1000000000 units: held, nothing "
+        "sent to Polar"
+    )
+    assert decision.verdicts[0].reason == f"held: {record.reason}"
+    assert preview.verdicts[0].reason == f"would be held: {record.reason}"

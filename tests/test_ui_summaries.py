@@ -47,3 +47,12 @@ def test_the_allowance_run_says_what_it_waits_for() -> None:
     assert ui.allowance_waiting("paused", grants_total=2, units_total=200) == (
         "paused · periods due while paused are skipped · 2 periods granted, 200 credits in all"
     )
+    # What needs an operator's eye: a period held over the maximum, another customer's message.
+    assert ui.allowance_waiting("held_over_max", grant_at=at, held_total=1) == (
+        "held over the per-grant maximum · nothing sent · next period 2027-01-07 12:00 UTC · "
+        "1 period held over the per-grant maximum"
+    )
+    assert ui.allowance_waiting("active", grant_at=at, refused_total=2).endswith(
+        " · 2 messages refused: another customer than the subscription's"
+    )
+    assert ui.order_done("held_over_max").startswith("done · held: the amount is above")

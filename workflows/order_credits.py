@@ -19,12 +19,14 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
+    from polar_credits.logsafe import shown
     from polar_credits.models import (
         CapReservation,
         CreditStatus,
         DecideOrderInput,
         FirstOrderInput,
         Grant,
+        HeldGrant,
         IngestGrantsInput,
         IngestResult,
         MeterCheckInput,
@@ -39,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsInput,
         order_key,
     )
+    from polar_credits.worker_metrics import count_held
     from workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
@@ -117,7 +120,8 @@ class OrderCreditsWorkflow:
             )
         self._state.grants = grants
         if not grants:
-            self._publish(CreditStatus.NO_RULE)
+            held = self._state.decision is not None and bool(self._state.decision.held)
+            self._publish(CreditStatus.HELD_OVER_MAX if held else CreditStatus.NO_RULE)
             return self._state
 
         workflow.set_current_details(ui.order_granting(_units(grants), _rule_ids(grants)))
@@ -203,6 +207,8 @@ class OrderCreditsWorkflow:
             self._state.decision = decision
             self._fail(order, err)
         self._state.decision = decision
+        if decision.held:
+            _report_held(order, decision.held)
         keys = granted_rule_keys(decision)
         if keys:
             workflow.upsert_search_attributes([sa.CREDIT_RULE_KEYS.value_set(keys)])
@@ -333,6 +339,18 @@ class OrderCreditsWorkflow:
                 self._publish(CreditStatus.GRANTED)
             await workflow.sleep(min(interval, remaining), summary=ui.timer_next_check())
             interval = min(interval * 2, policy.max_interval_seconds)
+
+
+def _report_held(order: OrderFacts, held: list[HeldGrant]) -> None:
+    """Amounts above the per-grant maximum: a warning and a count (neither in replay)."""
+    for grant in held:
+        workflow.logger.warning(
+            "order %s, rule %s: %s",
+            shown(order.order_id),
+            shown(grant.rule_id),
+            grant.reason,
+        )
+    count_held("order", len(held))
 
 
 def _missing_identity_attributes(order: OrderFacts) -> list:

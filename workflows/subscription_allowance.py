@@ -5,10 +5,14 @@ One run per subscription (its id derived from the subscription id), started or s
 the API with signal-with-start, so a webhook that arrives before the run exists is not lost.
 Every message carries the subscription as Polar showed it; the run keeps the newest by the
 subscription's own `modified_at` (an ended subscription stays ended), so deliveries arriving
-twice, late or out of order change nothing. Grant periods are counted from the subscription's
-start with durable timers; each is keyed in Polar on (subscription, rule, period start), so
-no crash, replay, reset or second run grants a period twice. The run continues as new before
-its history grows large, carrying its state.
+twice, late or out of order change nothing. A subscription's customer never changes in Polar:
+a message naming another customer is refused (recorded in the state, logged, counted) and
+changes nothing. Grant periods are counted from the subscription's start with durable timers;
+each is keyed in Polar on (subscription, rule, period start), so no crash, replay, reset or
+second run grants a period twice. The run continues as new before its history grows large,
+carrying its state. A period whose amount comes out above the
+per-grant maximum (polar_credits/grant_limit.py) is held: recorded, shown, never sent; the run
+goes on to the next period.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.cadence import Cadence, parse_cadence
+    from polar_credits.logsafe import shown
     from polar_credits.models import (
         AllowanceGrant,
         AllowanceGrantInput,
@@ -31,10 +36,13 @@ with workflow.unsafe.imports_passed_through():
         AllowanceRulesInput,
         AllowanceState,
         AllowanceStatus,
+        HeldGrant,
+        PolarErrorType,
         SubscriptionFacts,
         SubscriptionObservation,
         order_key,
     )
+    from polar_credits.worker_metrics import count_held, count_refused
     from workflows.order_credits import (
         ACTIVITY_TIMEOUT,
         HEARTBEAT_TIMEOUT,
@@ -52,6 +60,8 @@ HISTORY_LIMIT = 2_000
 # What the state keeps of the past, so it stays small across continue-as-new.
 GRANTS_KEPT = 24
 SKIPS_KEPT = 24
+HELD_KEPT = 24
+REFUSED_KEPT = 24
 
 
 def allowance_workflow_id(subscription_id: str) -> str:
@@ -111,10 +121,10 @@ class SubscriptionAllowanceWorkflow:
                 await self._wait(AllowanceStatus.ENDING, ends, grant_at=None)
                 continue
             if rule is None or due is None:
-                await self._wait(_standing(facts), None)  # no cadence rule applies now
+                await self._wait(self._standing(facts), None)  # no cadence rule applies now
                 continue
             if due > now:
-                await self._wait(_standing(facts), due, grant_at=due)
+                await self._wait(self._standing(facts), due, grant_at=due)
                 continue
             if self._decided_at is None or self._decided_at < due:
                 self._rules_stale = True  # each grant uses the rules as they are when it is due
@@ -169,6 +179,10 @@ class SubscriptionAllowanceWorkflow:
                 summary=ui.activity_grant_allowance(rule.units, rule.rule_id, period),
             )
         except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == PolarErrorType.GRANT_OVER_MAX:
+                self._hold(rule, index, period, cause)
+                return
             # Polar refused the event for good (a 422): this period is lost, visibly; the
             # next one is tried as usual.
             reason = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
@@ -178,11 +192,37 @@ class SubscriptionAllowanceWorkflow:
             )
             return
         state.next_period[rule.rule_id] = index + 1
+        if rule.rule_id in state.holding:
+            state.holding = [r for r in state.holding if r != rule.rule_id]
         state.grants = (state.grants + [grant])[-GRANTS_KEPT:]
         state.grants_total += 1
         if not grant.already_granted:
             state.units_total += grant.units
         self._publish()
+
+    def _hold(self, rule: AllowanceRule, index: int, period: str, cause: ApplicationError) -> None:
+        """The period's amount is above the per-grant maximum: nothing was sent. Recorded
+        where an operator sees it (state, status, log, metric); the next period goes on."""
+        state = self._state
+        details = cause.details
+        units = details[0] if details and isinstance(details[0], int) else 0
+        held = HeldGrant(
+            rule_id=rule.rule_id, units=units, reason=cause.message, period_start=period
+        )
+        state.next_period[rule.rule_id] = index + 1
+        state.held = (state.held + [held])[-HELD_KEPT:]
+        state.held_total += 1
+        if rule.rule_id not in state.holding:
+            state.holding = state.holding + [rule.rule_id]
+        workflow.logger.warning(
+            "subscription %s: allowance %s, period %s: %s",
+            shown(state.subscription_id),
+            shown(rule.rule_id),
+            period,
+            cause.message,
+        )
+        count_held("allowance", 1)
+        self._set_status(AllowanceStatus.HELD_OVER_MAX)
 
     def _skip(self, rule: AllowanceRule, index: int, period: str, why: str) -> None:
         self._state.next_period[rule.rule_id] = index + 1
@@ -210,6 +250,10 @@ class SubscriptionAllowanceWorkflow:
             self._adopt(rules, at_once=self._state.decided_trialing and not trialing)
         self._state.decided_trialing = trialing
         self._state.rules = rules
+        if self._state.holding:
+            # A held rule that no longer applies (a product change) holds nothing any more.
+            applying = {rule.rule_id for rule in rules}
+            self._state.holding = [r for r in self._state.holding if r in applying]
 
     def _adopt(self, rules: list[AllowanceRule], at_once: bool) -> None:
         """Rules that apply from now: at first, the period holding now is granted at once;
@@ -251,6 +295,9 @@ class SubscriptionAllowanceWorkflow:
         while self._inbox:
             observation = self._inbox.pop(0)
             facts = observation.facts
+            if state.facts is not None and facts.customer_id != state.facts.customer_id:
+                self._refuse(observation, state.facts.customer_id)
+                continue
             if not state.subscription_id:
                 state.subscription_id = facts.subscription_id
             if observation.paid_order_id is not None:
@@ -276,6 +323,23 @@ class SubscriptionAllowanceWorkflow:
         if state.anchor is None and state.facts is not None:
             state.anchor = state.facts.modified_at or _stamp(workflow.now())
 
+    def _refuse(self, observation: SubscriptionObservation, customer_id: str) -> None:
+        """A message naming another customer than the subscription's: a subscription's
+        customer never changes in Polar, so it is refused whole (no payment, no facts), and
+        flagged. Ids only: no personal data."""
+        state = self._state
+        what = shown(observation.event_type or "message", 60)
+        if observation.paid_order_id is not None:
+            what += f" (order {shown(observation.paid_order_id)})"
+        why = (
+            f"names customer {shown(observation.facts.customer_id)}, but the subscription's "
+            f"customer is {shown(customer_id)}: refused, nothing granted"
+        )
+        state.refused = (state.refused + [f"{what}: {why}"])[-REFUSED_KEPT:]
+        state.refused_total += 1
+        workflow.logger.warning("subscription %s: %s %s", shown(state.subscription_id), what, why)
+        count_refused("customer_mismatch")
+
     async def _wait(
         self,
         status: AllowanceStatus,
@@ -285,6 +349,8 @@ class SubscriptionAllowanceWorkflow:
         grant_at: datetime | None = None,
     ) -> None:
         """Wait for a message, or until `until`; shows the state and next grant meanwhile."""
+        if status == AllowanceStatus.HELD_OVER_MAX and why is None and self._state.held:
+            why = self._state.held[-1].reason
         self._state.next_grant_at = _stamp(grant_at) if grant_at else None
         self._state.held_because = why
         self._set_status(status)
@@ -297,6 +363,8 @@ class SubscriptionAllowanceWorkflow:
                 why=why,
                 grants_total=state.grants_total,
                 units_total=state.units_total,
+                held_total=state.held_total,
+                refused_total=state.refused_total,
             )
         )
         timeout = None
@@ -312,6 +380,13 @@ class SubscriptionAllowanceWorkflow:
             pass
 
     # -- what operators see ---------------------------------------------------------------
+
+    def _standing(self, facts: SubscriptionFacts) -> AllowanceStatus:
+        if facts.status == "paused":
+            return AllowanceStatus.PAUSED
+        if self._state.holding:
+            return AllowanceStatus.HELD_OVER_MAX
+        return AllowanceStatus.ENDING if facts.cancel_at_period_end else AllowanceStatus.ACTIVE
 
     def _set_status(self, status: AllowanceStatus) -> None:
         if self._state.status != status.value:
@@ -373,12 +448,6 @@ def _ends_at(facts: SubscriptionFacts) -> datetime | None:
         return None
     end = facts.ends_at or facts.current_period_end
     return _time(end) if end else None
-
-
-def _standing(facts: SubscriptionFacts) -> AllowanceStatus:
-    if facts.status == "paused":
-        return AllowanceStatus.PAUSED
-    return AllowanceStatus.ENDING if facts.cancel_at_period_end else AllowanceStatus.ACTIVE
 
 
 def _newer(incoming: SubscriptionFacts, current: SubscriptionFacts) -> bool:

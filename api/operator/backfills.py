@@ -41,6 +41,7 @@ from polar_credits.backfills import (
     BackfillTarget,
     backfill_workflow_id,
 )
+from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
 from workflows.backfill import BackfillWorkflow
@@ -88,7 +89,7 @@ class BackfillBody(BaseModel):
         default=False, description="Every customer with an active subscription."
     )
     meter: str = Field(min_length=1, description="A meter name of the rules file.")
-    units: int = Field(ge=1, le=1_000_000_000, description="Credits granted to each customer.")
+    units: int = Field(ge=1, le=MAX_GRANT_UNITS, description="Credits granted to each customer.")
     reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
 
     @model_validator(mode="after")

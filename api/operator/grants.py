@@ -42,12 +42,12 @@ from api.problems import Problem
 from api.webhooks import workflow_ui_url
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
+from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.moments import to_utc
 from polar_credits.operator_grants import (
     MAX_KEY_CHARS,
     MAX_REASON_CHARS,
-    MAX_UNITS,
     WORKFLOW_TYPES,
     GrantKind,
     GrantMeter,
@@ -164,7 +164,7 @@ class ManualGrantBody(BaseModel):
 
     customer_id: IdValue = Field(description="The Polar customer id.")
     meter: str = Field(min_length=1, max_length=100, description="A meter of the rules file.")
-    units: int = Field(ge=1, le=MAX_UNITS)
+    units: int = Field(ge=1, le=MAX_GRANT_UNITS)
     reason: str = Field(
         min_length=1,
         max_length=MAX_REASON_CHARS,
@@ -202,7 +202,7 @@ class RevokeBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     units: int | None = Field(
-        default=None, ge=1, le=MAX_UNITS, description="Default: what the grant granted."
+        default=None, ge=1, le=MAX_GRANT_UNITS, description="Default: what the grant granted."
     )
     reason: str = Field(default="revoked by an operator", min_length=1, max_length=MAX_REASON_CHARS)
     allow_negative: bool = Field(

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from polar_credits.cli.base import ExitCode, JsonOption, app, call, console, emit, fail
+from polar_credits.grant_limit import MAX_GRANT_UNITS
 
 backfill = typer.Typer(help="Grant credits once to many existing customers.", no_args_is_help=True)
 reconcile = typer.Typer(
@@ -95,7 +96,9 @@ def _exit_for(view: dict[str, Any]) -> None:
 def backfill_start(
     key: str = typer.Option(..., "--key", help="Idempotency key: the same key never grants twice."),
     meter: str = typer.Option(..., "--meter", help="A meter name of the rules file."),
-    units: int = typer.Option(..., "--units", min=1, help="Credits for each customer."),
+    units: int = typer.Option(
+        ..., "--units", min=1, max=MAX_GRANT_UNITS, help="Credits for each customer."
+    ),
     reason: str = typer.Option(..., "--reason", help="Why (kept with each grant)."),
     product: str | None = typer.Option(
         None, "--product", help="Customers with an active subscription to this product."

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import typer
 
 from polar_credits.cli.base import JsonOption, app, call, emit, fail
+from polar_credits.grant_limit import MAX_GRANT_UNITS
 
 grants = typer.Typer(help="List, show, grant by hand and revoke credits.", no_args_is_help=True)
 orders = typer.Typer(help="Orders' crediting runs.", no_args_is_help=True)
@@ -119,7 +120,7 @@ def show_grant(grant_id: str, as_json: bool = JsonOption) -> None:
 def create_grant(
     customer: Annotated[str, typer.Option(help="The Polar customer id.")],
     meter: Annotated[str, typer.Option(help="A meter name of the rules file.")],
-    units: Annotated[int, typer.Option(min=1, help="Units to grant.")],
+    units: Annotated[int, typer.Option(min=1, max=MAX_GRANT_UNITS, help="Units to grant.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the event; no personal data).")],
     idempotency_key: Annotated[
         str, typer.Option(help="The same key never grants twice; reused with another body: 409.")
@@ -141,7 +142,8 @@ def create_grant(
 def revoke_grant(
     grant_id: str,
     units: Annotated[
-        int | None, typer.Option(min=1, help="Default: what the grant granted.")
+        int | None,
+        typer.Option(min=1, max=MAX_GRANT_UNITS, help="Default: what the grant granted."),
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the event).")] = (
         "revoked by an operator"

@@ -3,17 +3,24 @@ the service's (grants by rule and meter, verification, Polar calls, the budget) 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
+from polar_credits.models import AllowanceState, SubscriptionFacts, SubscriptionObservation
 from polar_credits.worker_metrics import worker_runtime
-from tests.conftest import Stack, credit_pack_order
+from tests.conftest import SEAT_HEAVY_PRODUCT_ID, Stack, credit_pack_order
 from tests.support.net import free_port
 from worker import build_worker
 from workflows.order_credits import OrderCreditsWorkflow
+from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -73,3 +80,57 @@ async def test_the_worker_endpoint_has_sdk_and_service_metrics_after_a_grant(
         "read",
         "call",
     }
+
+
+async def test_held_amounts_and_refused_messages_are_counted(stack: Stack) -> None:
+    """Issue 16: an allowance period above the per-grant maximum and a message naming another
+    customer than the subscription's are counted on the worker's endpoint (workflow metrics:
+    recorded once, never again when the run replays)."""
+    port = free_port()
+    runtime = worker_runtime(port, host="127.0.0.1")
+    client = await Client.connect(stack.settings.temporal_address, runtime=runtime)
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    facts = SubscriptionFacts(
+        subscription_id=str(uuid.uuid4()),
+        customer_id=stack.standin.create_customer()["id"],
+        product_id=SEAT_HEAVY_PRODUCT_ID,
+        status="active",
+        modified_at=now.isoformat(),
+        started_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        current_period_start=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        current_period_end=(now + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        seats=10**9,
+    )
+    async with build_worker(client, queue, stack.polar, stack.rules, per_minute=6000):
+        handle = await client.start_workflow(
+            SubscriptionAllowanceWorkflow.run,
+            AllowanceState(subscription_id=facts.subscription_id),
+            id=allowance_workflow_id(facts.subscription_id),
+            task_queue=queue,
+            start_signal="observe",
+            start_signal_args=[SubscriptionObservation(facts=facts, paid_order_id="order-1")],
+        )
+        try:
+            await until(handle, lambda s: s.held_total == 1)
+            other = replace(facts, customer_id="someone-else", modified_at=None)
+            await handle.signal(
+                SubscriptionAllowanceWorkflow.observe, SubscriptionObservation(other)
+            )
+            await until(handle, lambda s: s.refused_total == 1)
+            async with httpx.AsyncClient(timeout=10) as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        finally:
+            await handle.terminate("test over")
+    held = {"kind": "allowance", "task_queue": queue}
+    assert total(text, "polar_credits_grants_held_over_max_total", **held) == 1, text
+    refused = {"reason": "customer_mismatch", "task_queue": queue}
+    assert total(text, "polar_credits_allowance_messages_refused_total", **refused) == 1
+    assert total(text, "polar_credits_grant_events_total", task_queue=queue) == 0
+
+
+async def until(handle: WorkflowHandle, done: Callable[[AllowanceState], bool]) -> None:
+    deadline = time.monotonic() + 20
+    while not done(state := await handle.query(SubscriptionAllowanceWorkflow.state)):
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.1)

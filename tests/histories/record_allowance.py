@@ -42,6 +42,11 @@ SCENARIOS = {
     "trial": "test_trial_periods_grant_nothing_for_a_paid_only_rule_and_conversion_grants_at_once",
     "rejected": "test_a_rejected_grant_loses_its_period_visibly_and_the_next_one_is_granted",
     "continued_as_new": "test_continue_as_new_happens_and_loses_nothing",
+    # v3: a period held over the per-grant maximum; another customer's messages refused.
+    "held_over_max": "held_over_max_then_granted",
+    "refused_customer": (
+        "test_a_paid_order_of_another_customer_is_refused_and_the_period_stays_the_subscribers"
+    ),
 }
 
 

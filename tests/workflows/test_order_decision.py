@@ -68,6 +68,19 @@ meter = "api"
 units = 40
 products = ["pack"]
 max_units_per_customer = 100
+
+[[rules]]
+id = "team-seats"
+meter = "api"
+units_per_seat = 2000
+products = ["team"]
+
+[[rules]]
+id = "pay-what-you-want"
+meter = "api"
+units_per_currency_unit = 1000000
+rounding = "down"
+products = ["pwyw"]
 """)
 
 
@@ -311,3 +324,36 @@ async def test_preview_grants_nothing_and_reserves_nothing(
     with pytest.raises(RPCError) as raised:  # no ledger was started
         await harness.ledger(customer)
     assert raised.value.status == RPCStatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("product_id", "changes", "computed"),
+    [
+        ("team", {"seats": 2**53}, 2000 * 2**53),
+        ("team", {"seats": 10**9}, 2000 * 10**9),
+        ("pwyw", {"net_amount": 1_000_000}, 10**10),  # $10,000 at a million units a dollar
+    ],
+)
+async def test_an_amount_above_the_per_grant_maximum_is_held_and_never_sent(
+    skipping_env: WorkflowEnvironment, product_id: str, changes: dict, computed: int
+) -> None:
+    """Issue 16, item 7: the one per-grant maximum holds for order rules too, per seat and
+    per currency unit: the run ends `held_over_max`, the decision says why and how much,
+    and nothing reaches Polar."""
+    fake = FakePolar()
+    harness = Harness(skipping_env, fake)
+    facts = order(f"customer-{uuid.uuid4().hex[:8]}", product_id)
+    for name, value in changes.items():
+        setattr(facts, name, value)
+    async with harness.worker():
+        handle, state = await harness.run(facts)
+    assert isinstance(state, OrderCreditsState) and state.decision is not None
+    assert state.status == "held_over_max" and state.grants == []
+    assert fake.ingested == []
+    [held] = state.decision.held
+    assert held.units == computed and "per-grant maximum of 1000000000" in held.reason
+    [verdict] = [v for v in state.decision.verdicts if v.matched]
+    assert verdict.reason.startswith("held: ") and verdict.units == 0
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(sa.CREDIT_STATUS) == "held_over_max"
+    assert attributes.get(sa.CREDIT_UNITS) == 0

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.allowance import capped_units
+from activities.allowance import capped_units, within_max
 from polar_credits import search_attributes as sa
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import (
@@ -45,6 +45,7 @@ TOPUP = "product-topup"
 ROLLOVER = "product-rollover"
 TRIAL = "product-trial"
 PLAIN = "product-without-allowance"
+SEAT_HEAVY = "product-seat-heavy"
 
 RULES = parse_rules(
     f"""
@@ -95,6 +96,13 @@ units = 7
 every = "1 week"
 during_trial = false
 products = ["{TRIAL}"]
+
+[[rules]]
+id = "seat-heavy"
+meter = "api_calls"
+units_per_seat = 2000
+every = "1 month"
+products = ["{SEAT_HEAVY}"]
 """
 )
 
@@ -132,6 +140,7 @@ class FakePolar:
                 units, seen = capped_units(rule, self.balance, None, [])
             else:
                 units = rule.units or 0
+            within_max(units)  # the real activity's check: above the maximum, nothing is sent
             duplicate = external_id in self.events
             if not duplicate and units > 0:
                 self.events[external_id] = units
@@ -148,6 +157,10 @@ class FakePolar:
 
         return [allowance_rules, grant_allowance]
 
+    def customers(self) -> set[str]:
+        """The customers Polar was asked to credit."""
+        return {call.customer_id for call in self.calls}
+
     def periods(self) -> list[str]:
         """The period starts Polar holds a grant for, in order."""
         return sorted(key.rsplit(":period:", 1)[1] for key in self.events)
@@ -161,6 +174,7 @@ class Subscription:
     product_id: str = YEARLY
     interval_months: int = 12
     id: str = field(default_factory=lambda: f"sub-{uuid.uuid4().hex[:10]}")
+    customer_id: str = "customer-1"
     version: int = 0
     status: str = "active"
     seats: int | None = None
@@ -178,7 +192,7 @@ class Subscription:
         start, end = self.period_bounds()
         return SubscriptionFacts(
             subscription_id=self.id,
-            customer_id="customer-1",
+            customer_id=self.customer_id,
             product_id=self.product_id,
             status=self.status,
             modified_at=(
@@ -721,3 +735,112 @@ async def test_a_second_run_for_the_subscription_grants_no_period_twice(
     assert sum(fake.events.values()) == 500
     assert [g.already_granted for g in after.grants] == [True, False, False]
     assert after.units_total == 200  # the new run's own grants; March was the first run's
+
+
+async def test_a_paid_order_of_another_customer_is_refused_and_the_period_stays_the_subscribers(
+    skipping_env: WorkflowEnvironment, queue: str
+) -> None:
+    """Issue 16, item 6: a signed order.paid from customer B naming A's subscription once
+    switched the run to B. A subscription's customer never changes in Polar: the message is
+    refused, flagged in the run, and every period stays A's."""
+    env = skipping_env
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, customer_id="customer-a") as (sub, handle):
+        anchor = sub.anchor
+        await sleep_until(env, anchor + timedelta(days=1))
+        intruder = replace_customer(sub.paid_order(await now(env)), "customer-b")
+        await tell(env, handle, intruder)
+        # A subscription webhook naming B: refused the same way (and its newer facts unused).
+        await tell(
+            env,
+            handle,
+            replace_customer(sub.webhook("subscription.updated", await now(env)), "customer-b"),
+        )
+        refused = await state(handle)
+        await sleep_until(env, month(anchor, 2) + timedelta(days=1))
+        after = await state(handle)
+        described = await handle.describe()
+    assert refused.refused_total == 2
+    assert refused.facts is not None and refused.facts.customer_id == "customer-a"
+    assert "customer-b" in refused.refused[0] and "customer-a" in refused.refused[0]
+    assert intruder.paid_order_id is not None and intruder.paid_order_id in refused.refused[0]
+    assert (refused.status, refused.grants_total) == ("active", 1)
+    # The months after it are granted, to A only.
+    assert len(fake.periods()) == 3 and fake.customers() == {"customer-a"}
+    assert (after.grants_total, after.units_total, after.refused_total) == (3, 300, 2)
+    assert described.typed_search_attributes.get(sa.POLAR_CUSTOMER_ID) == "customer-a"
+
+
+def replace_customer(
+    observation: SubscriptionObservation, customer_id: str
+) -> SubscriptionObservation:
+    observation.facts.customer_id = customer_id
+    return observation
+
+
+@pytest.mark.parametrize("seats", [2**53, 10**9])
+async def test_a_per_seat_amount_above_the_maximum_is_held_and_the_next_period_still_grants(
+    skipping_env: WorkflowEnvironment, queue: str, seats: int
+) -> None:
+    """Issue 16, item 7: 2000 units a seat × 2^53 seats once reached Polar as -1.8e19 units,
+    then the run failed its workflow task forever (CreditUnits overflowed). Now the period is
+    held: recorded with its amount, shown as `held_over_max`, nothing sent; the run goes on,
+    and once the seats are sane again the next period grants."""
+    await held_over_max_then_granted(skipping_env, queue, seats)
+
+
+async def held_over_max_then_granted(
+    env: WorkflowEnvironment, queue: str, seats: int = 2**53
+) -> None:
+    """The test above (also a recorded history: tests/histories/record_allowance.py)."""
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, product_id=SEAT_HEAVY, seats=seats) as (
+        sub,
+        handle,
+    ):
+        anchor = sub.anchor
+        await sleep_until(env, anchor + timedelta(days=1))
+        held = await state(handle)
+        held_attributes = (await handle.describe()).typed_search_attributes
+        await change(env, handle, sub, "subscription.updated", seats=3)
+        await sleep_until(env, month(anchor, 1) + timedelta(days=1))
+        after = await state(handle)
+        after_attributes = (await handle.describe()).typed_search_attributes
+    assert list(fake.events.values()) == [3 * 2000]
+    assert fake.periods() == [stamp(month(anchor, 1))]  # the held month never reached Polar
+    assert (held.status, held.grants_total, held.units_total) == ("held_over_max", 0, 0)
+    [record] = held.held
+    assert (record.rule_id, record.units, record.period_start) == (
+        "seat-heavy",
+        2000 * seats,
+        stamp(anchor),
+    )
+    assert "per-grant maximum" in record.reason and str(2000 * seats) in record.reason
+    assert held.next_grant_at == stamp(month(anchor, 1))  # not stuck: the next period is due
+    assert held_attributes.get(sa.CREDIT_STATUS) == "held_over_max"
+    assert held_attributes.get(sa.CREDIT_UNITS) == 0
+    assert (after.status, after.grants_total, after.units_total) == ("active", 1, 6000)
+    assert after.held_total == 1 and after.holding == []
+    assert after_attributes.get(sa.CREDIT_STATUS) == "active"
+
+
+async def test_a_held_rule_that_no_longer_applies_holds_nothing(
+    skipping_env: WorkflowEnvironment, queue: str
+) -> None:
+    """A product change away from the rule whose period was held: the run shows the new
+    product's standing, not `held_over_max` for a rule that no longer applies."""
+    env = skipping_env
+    fake = FakePolar()
+    async with paid_subscription(env, queue, fake, product_id=SEAT_HEAVY, seats=10**9) as (
+        sub,
+        handle,
+    ):
+        await sleep_until(env, sub.anchor + timedelta(days=1))
+        held = await state(handle)
+        await change(env, handle, sub, "subscription.updated", product_id=YEARLY)
+        moved = await state(handle)
+        await sleep_until(env, month(sub.anchor, 1) + timedelta(days=1))
+        after = await state(handle)
+    assert (held.status, held.holding) == ("held_over_max", ["seat-heavy"])
+    assert (moved.status, moved.holding, moved.held_total) == ("active", [], 1)
+    assert (after.status, after.grants_total, after.units_total) == ("active", 1, 100)
