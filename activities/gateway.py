@@ -39,6 +39,7 @@ from polar.v2026_10.errors import HTTPValidationError
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.models import PolarErrorType
+from polar_credits.polar_ids import path_segment
 from polar_credits.worker_metrics import GatewayMetrics
 
 log = logging.getLogger("polar_credits.gateway")
@@ -68,12 +69,27 @@ class CallBudget(Protocol):
 # --- Polar's errors in Temporal's terms -------------------------------------------------
 
 
+class PolarCallError(ApplicationError):
+    """A failed call to Polar, as Temporal sees it: `status_code` is Polar's HTTP status
+    (None when there was no answer). Its message never quotes Polar's answer: a response body
+    can hold a customer's email or name, and the message reaches logs and histories."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status_code = status_code
+
+
 def polar_failure(exc: Exception, action: str) -> ApplicationError:
-    """Map a polar-sdk error to the ApplicationError that gives it the right retry behaviour."""
+    """Map a polar-sdk error to the ApplicationError that gives it the right retry behaviour.
+    Only the status and a reason of the service's own words go in (Polar's validation
+    errors keep their place and message); raise it `from None`, so no traceback quotes the
+    SDK's error, whose text holds the whole response body."""
+    status_code = getattr(exc, "status_code", None)
     if isinstance(exc, PolarRateLimitError):
         wait = retry_after(exc)
-        return ApplicationError(
+        return PolarCallError(
             f"Polar rate limit hit while {action}; retrying after {wait.total_seconds():.0f}s",
+            status_code=429,
             type=PolarErrorType.RATE_LIMITED,
             next_retry_delay=wait,
         )
@@ -81,29 +97,44 @@ def polar_failure(exc: Exception, action: str) -> ApplicationError:
         return rejected(action, _validation_detail(exc))
     if isinstance(exc, PolarClientError) and exc.status_code in (401, 403):
         # Retry: the grant must survive until an operator fixes the token.
-        return ApplicationError(
+        return PolarCallError(
             f"Polar refused the access token while {action} ({exc.status_code}); "
             "check POLAR_ACCESS_TOKEN and its scopes (events:write, customer_meters:read)",
+            status_code=exc.status_code,
             type=PolarErrorType.AUTH,
         )
     if isinstance(exc, PolarClientError) and exc.status_code == 422:
-        return rejected(action, _truncate(str(exc.error)))
-    if isinstance(exc, (PolarServerError, PolarNetworkError, PolarDeserializationError)):
-        return ApplicationError(
+        return rejected(action, "Polar's answer named no field")
+    if isinstance(exc, PolarServerError):
+        return PolarCallError(
+            f"Polar unavailable while {action}: it answered {exc.status_code}",
+            status_code=status_code,
+            type=PolarErrorType.UNAVAILABLE,
+        )
+    if isinstance(exc, PolarNetworkError):
+        # httpx's words about the connection (a timeout, a refused connection): no answer.
+        return PolarCallError(
             f"Polar unavailable while {action}: {_truncate(exc.message)}",
             type=PolarErrorType.UNAVAILABLE,
         )
-    if isinstance(exc, PolarClientError):
-        return ApplicationError(
-            f"Polar answered {exc.status_code} while {action}: {_truncate(str(exc.error))}",
+    if isinstance(exc, PolarDeserializationError):
+        return PolarCallError(
+            f"Polar unavailable while {action}: its answer was not what its API documents",
             type=PolarErrorType.UNAVAILABLE,
         )
-    return ApplicationError(f"Unexpected error while {action}: {_truncate(str(exc))}")
+    if isinstance(exc, PolarClientError):
+        return PolarCallError(
+            f"Polar answered {exc.status_code} while {action}",
+            status_code=exc.status_code,
+            type=PolarErrorType.UNAVAILABLE,
+        )
+    return PolarCallError(f"Unexpected error while {action}: {type(exc).__name__}")
 
 
 def rejected(action: str, detail: str) -> ApplicationError:
-    return ApplicationError(
+    return PolarCallError(
         f"Polar rejected {action} (422): {detail}",
+        status_code=422,
         type=PolarErrorType.GRANT_REJECTED,
         non_retryable=True,
     )
@@ -128,14 +159,15 @@ def _item_field(item: Any, name: str) -> Any:
 
 def _describe(item: Any, loc: list[Any] | None = None) -> str:
     loc = loc if loc is not None else list(_item_field(item, "loc") or [])
-    msg = _item_field(item, "msg") or str(item)
+    # Only the place and Polar's message: an item may also echo the input it refused.
+    msg = _item_field(item, "msg") or "invalid"
     where = ".".join(str(p) for p in loc)
     return f"{where}: {msg}" if where else str(msg)
 
 
 def _validation_detail(exc: Exception) -> str:
     parts = [_describe(item) for item in _validation_items(exc)]
-    return _truncate("; ".join(parts) or str(getattr(exc, "error", exc)))
+    return _truncate("; ".join(parts) or "Polar's answer named no field")
 
 
 def _offending_events(exc: Exception) -> dict[int, list[Any]]:
@@ -313,7 +345,9 @@ class PolarGateway:
     async def order(self, order_id: str) -> dict[str, Any]:
         """One order as Polar's JSON (it holds the customer's details: callers keep only the
         facts they need), paced, unbatched."""
-        answer = await self._call(lambda: self._polar.orders.get(order_id), "reading the order")
+        # Encoded: polar-sdk puts a path parameter into the URL as it is.
+        segment = path_segment(order_id)
+        answer = await self._call(lambda: self._polar.orders.get(segment), "reading the order")
         return dataclasses.asdict(answer)  # polar-sdk's models are dataclasses
 
     async def active_subscriptions(
@@ -376,7 +410,7 @@ class PolarGateway:
             except Exception as exc:
                 self._metrics.call(action, exc)
                 await self._note_rate_limit(exc)
-                raise polar_failure(exc, action) from exc
+                raise polar_failure(exc, action) from None
             self._metrics.call(action)
             return answer
 
