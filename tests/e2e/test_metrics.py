@@ -100,8 +100,10 @@ def test_each_app_counts_in_its_own_registry() -> None:
         ("subscription.updated", "subscription.updated"),
         (None, "none"),
         ("x" * 500, "other"),
+        ("order.teleported", "other"),  # shaped like Polar's, but not one of them
         ('order.paid"} 1\nforged', "other"),
     ],
 )
 def test_event_types_are_bounded_labels(event_type: str | None, label: str) -> None:
     assert event_label(event_type) == label
+
