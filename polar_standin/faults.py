@@ -195,11 +195,7 @@ async def apply_fault(fault: Fault, request: Request, call_next: Any) -> Respons
     if fault.status == 422:
         # A validation failure that names no event: the whole body is refused.
         return JSONResponse(
-            {
-                "detail": [
-                    {"loc": ["body"], "msg": fault.detail, "type": "value_error"}
-                ]
-            },
+            {"detail": [{"loc": ["body"], "msg": fault.detail, "type": "value_error"}]},
             status_code=422,
         )
     if fault.status is not None:

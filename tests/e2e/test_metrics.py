@@ -106,4 +106,3 @@ def test_each_app_counts_in_its_own_registry() -> None:
 )
 def test_event_types_are_bounded_labels(event_type: str | None, label: str) -> None:
     assert event_label(event_type) == label
-
