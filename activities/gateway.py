@@ -117,6 +117,13 @@ def polar_failure(exc: Exception, action: str) -> ApplicationError:
             f"Polar unavailable while {action}: {_truncate(exc.message)}",
             type=PolarErrorType.UNAVAILABLE,
         )
+    if isinstance(exc, PolarDeserializationError) and _is_client_error(_polar_status.get()):
+        status_code = _polar_status.get()
+        return PolarCallError(
+            f"Polar answered {status_code} while {action}",
+            status_code=status_code,
+            type=PolarErrorType.UNAVAILABLE,
+        )
     if isinstance(exc, PolarDeserializationError):
         return PolarCallError(
             f"Polar unavailable while {action}: its answer was not what its API documents",
@@ -129,6 +136,10 @@ def polar_failure(exc: Exception, action: str) -> ApplicationError:
             type=PolarErrorType.UNAVAILABLE,
         )
     return PolarCallError(f"Unexpected error while {action}: {type(exc).__name__}")
+
+
+def _is_client_error(status_code: int | None) -> bool:
+    return status_code is not None and 400 <= status_code < 500 and status_code != 429
 
 
 def rejected(action: str, detail: str) -> ApplicationError:
@@ -158,15 +169,22 @@ def _item_field(item: Any, name: str) -> Any:
 
 
 def _describe(item: Any, loc: list[Any] | None = None) -> str:
+    """An item of Polar's 422 about an event the service built (no personal data in it):
+    the place and Polar's message. An item may also echo the input; it is left out."""
     loc = loc if loc is not None else list(_item_field(item, "loc") or [])
-    # Only the place and Polar's message: an item may also echo the input it refused.
     msg = _item_field(item, "msg") or "invalid"
     where = ".".join(str(p) for p in loc)
     return f"{where}: {msg}" if where else str(msg)
 
 
 def _validation_detail(exc: Exception) -> str:
-    parts = [_describe(item) for item in _validation_items(exc)]
+    """Any other 422: the places and error types only. Polar's message may quote what it
+    holds (a customer's email, say), and this text reaches logs and histories."""
+    parts = [
+        f"{'.'.join(str(p) for p in _item_field(item, 'loc') or []) or 'body'}: "
+        f"{_item_field(item, 'type') or 'invalid'}"
+        for item in _validation_items(exc)
+    ]
     return _truncate("; ".join(parts) or "Polar's answer named no field")
 
 
@@ -187,12 +205,18 @@ def _truncate(text: str) -> str:
 # --- Polar's clock ------------------------------------------------------------------------
 
 _polar_date: contextvars.ContextVar[str | None] = contextvars.ContextVar("polar_date", default=None)
+# The status of the last answer: polar-sdk says an error body it cannot read is a
+# deserialization error, without the status (a 404 from a path Polar does not route).
+_polar_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "polar_status", default=None
+)
 
 
 async def _remember_date(response: httpx.Response) -> None:
     # httpx awaits response hooks in the task that sent the request, so the caller reads
-    # its own response's Date right after the call returns.
+    # its own response's Date (and status) right after the call returns.
     _polar_date.set(response.headers.get("date"))
+    _polar_status.set(response.status_code)
 
 
 def watch_polar_clock(polar: PolarAsync) -> None:
