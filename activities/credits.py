@@ -14,10 +14,11 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.gateway import MeterRow, OrderStamp, PolarGateway
+from activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
 from polar_credits.decision import explain_order
 from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import shown
@@ -167,15 +168,33 @@ class CreditActivities:
         customer's details in Polar's answer stay here: only the facts are returned."""
         try:
             raw = await self._gateway.order(input.order_id)
-        except ApplicationError as exc:
-            if getattr(exc.__cause__, "status_code", None) == 404:
+        except PolarCallError as exc:
+            if exc.status_code == 404:
                 raise ApplicationError(
-                    f"Polar has no order {input.order_id}",
+                    f"Polar has no order {shown(input.order_id)}",
                     type=PolarErrorType.ORDER_NOT_FOUND.value,
                     non_retryable=True,
-                ) from exc
+                ) from None
             raise
-        return order_facts(PaidOrder.model_validate(raw), self._rules.metadata_keys())
+        try:
+            order = PaidOrder.model_validate(raw)
+        except ValidationError as exc:
+            # Not str(exc): pydantic quotes the input, and Polar's order holds the customer.
+            where = ", ".join(
+                ".".join(str(p) for p in err["loc"]) for err in exc.errors(include_input=False)
+            )
+            raise ApplicationError(
+                f"Polar's order {shown(input.order_id)} cannot be read: {shown(where, 200)}",
+                non_retryable=True,
+            ) from None
+        keys = self._rules.metadata_keys()
+        refusal = order.refusal(keys)
+        if refusal:
+            raise ApplicationError(
+                f"Polar's order {shown(input.order_id)} cannot be decided: {refusal}",
+                non_retryable=True,
+            )
+        return order_facts(order, keys)
 
     @activity.defn(name="ingest_order_grants")
     async def ingest_order_grants(self, input: IngestGrantsInput) -> IngestResult:

@@ -39,6 +39,7 @@ from polar.v2026_10.errors import HTTPValidationError
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.models import PolarErrorType
+from polar_credits.polar_ids import path_segment
 from polar_credits.worker_metrics import GatewayMetrics
 
 log = logging.getLogger("polar_credits.gateway")
@@ -68,12 +69,27 @@ class CallBudget(Protocol):
 # --- Polar's errors in Temporal's terms -------------------------------------------------
 
 
+class PolarCallError(ApplicationError):
+    """A failed call to Polar, as Temporal sees it: `status_code` is Polar's HTTP status
+    (None when there was no answer). Its message never quotes Polar's answer: a response body
+    can hold a customer's email or name, and the message reaches logs and histories."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status_code = status_code
+
+
 def polar_failure(exc: Exception, action: str) -> ApplicationError:
-    """Map a polar-sdk error to the ApplicationError that gives it the right retry behaviour."""
+    """Map a polar-sdk error to the ApplicationError that gives it the right retry behaviour.
+    Only the status and a reason of the service's own words go in (Polar's validation
+    errors keep their place and message); raise it `from None`, so no traceback quotes the
+    SDK's error, whose text holds the whole response body."""
+    status_code = getattr(exc, "status_code", None)
     if isinstance(exc, PolarRateLimitError):
         wait = retry_after(exc)
-        return ApplicationError(
+        return PolarCallError(
             f"Polar rate limit hit while {action}; retrying after {wait.total_seconds():.0f}s",
+            status_code=429,
             type=PolarErrorType.RATE_LIMITED,
             next_retry_delay=wait,
         )
@@ -81,29 +97,55 @@ def polar_failure(exc: Exception, action: str) -> ApplicationError:
         return rejected(action, _validation_detail(exc))
     if isinstance(exc, PolarClientError) and exc.status_code in (401, 403):
         # Retry: the grant must survive until an operator fixes the token.
-        return ApplicationError(
+        return PolarCallError(
             f"Polar refused the access token while {action} ({exc.status_code}); "
             "check POLAR_ACCESS_TOKEN and its scopes (events:write, customer_meters:read)",
+            status_code=exc.status_code,
             type=PolarErrorType.AUTH,
         )
     if isinstance(exc, PolarClientError) and exc.status_code == 422:
-        return rejected(action, _truncate(str(exc.error)))
-    if isinstance(exc, (PolarServerError, PolarNetworkError, PolarDeserializationError)):
-        return ApplicationError(
+        return rejected(action, "Polar's answer named no field")
+    if isinstance(exc, PolarServerError):
+        return PolarCallError(
+            f"Polar unavailable while {action}: it answered {exc.status_code}",
+            status_code=status_code,
+            type=PolarErrorType.UNAVAILABLE,
+        )
+    if isinstance(exc, PolarNetworkError):
+        # httpx's words about the connection (a timeout, a refused connection): no answer.
+        return PolarCallError(
             f"Polar unavailable while {action}: {_truncate(exc.message)}",
             type=PolarErrorType.UNAVAILABLE,
         )
-    if isinstance(exc, PolarClientError):
-        return ApplicationError(
-            f"Polar answered {exc.status_code} while {action}: {_truncate(str(exc.error))}",
+    if isinstance(exc, PolarDeserializationError) and _is_client_error(_polar_status.get()):
+        status_code = _polar_status.get()
+        return PolarCallError(
+            f"Polar answered {status_code} while {action}",
+            status_code=status_code,
             type=PolarErrorType.UNAVAILABLE,
         )
-    return ApplicationError(f"Unexpected error while {action}: {_truncate(str(exc))}")
+    if isinstance(exc, PolarDeserializationError):
+        return PolarCallError(
+            f"Polar unavailable while {action}: its answer was not what its API documents",
+            type=PolarErrorType.UNAVAILABLE,
+        )
+    if isinstance(exc, PolarClientError):
+        return PolarCallError(
+            f"Polar answered {exc.status_code} while {action}",
+            status_code=exc.status_code,
+            type=PolarErrorType.UNAVAILABLE,
+        )
+    return PolarCallError(f"Unexpected error while {action}: {type(exc).__name__}")
+
+
+def _is_client_error(status_code: int | None) -> bool:
+    return status_code is not None and 400 <= status_code < 500 and status_code != 429
 
 
 def rejected(action: str, detail: str) -> ApplicationError:
-    return ApplicationError(
+    return PolarCallError(
         f"Polar rejected {action} (422): {detail}",
+        status_code=422,
         type=PolarErrorType.GRANT_REJECTED,
         non_retryable=True,
     )
@@ -127,15 +169,23 @@ def _item_field(item: Any, name: str) -> Any:
 
 
 def _describe(item: Any, loc: list[Any] | None = None) -> str:
+    """An item of Polar's 422 about an event the service built (no personal data in it):
+    the place and Polar's message. An item may also echo the input; it is left out."""
     loc = loc if loc is not None else list(_item_field(item, "loc") or [])
-    msg = _item_field(item, "msg") or str(item)
+    msg = _item_field(item, "msg") or "invalid"
     where = ".".join(str(p) for p in loc)
     return f"{where}: {msg}" if where else str(msg)
 
 
 def _validation_detail(exc: Exception) -> str:
-    parts = [_describe(item) for item in _validation_items(exc)]
-    return _truncate("; ".join(parts) or str(getattr(exc, "error", exc)))
+    """Any other 422: the places and error types only. Polar's message may quote what it
+    holds (a customer's email, say), and this text reaches logs and histories."""
+    parts = [
+        f"{'.'.join(str(p) for p in _item_field(item, 'loc') or []) or 'body'}: "
+        f"{_item_field(item, 'type') or 'invalid'}"
+        for item in _validation_items(exc)
+    ]
+    return _truncate("; ".join(parts) or "Polar's answer named no field")
 
 
 def _offending_events(exc: Exception) -> dict[int, list[Any]]:
@@ -155,12 +205,18 @@ def _truncate(text: str) -> str:
 # --- Polar's clock ------------------------------------------------------------------------
 
 _polar_date: contextvars.ContextVar[str | None] = contextvars.ContextVar("polar_date", default=None)
+# The status of the last answer: polar-sdk says an error body it cannot read is a
+# deserialization error, without the status (a 404 from a path Polar does not route).
+_polar_status: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "polar_status", default=None
+)
 
 
 async def _remember_date(response: httpx.Response) -> None:
     # httpx awaits response hooks in the task that sent the request, so the caller reads
-    # its own response's Date right after the call returns.
+    # its own response's Date (and status) right after the call returns.
     _polar_date.set(response.headers.get("date"))
+    _polar_status.set(response.status_code)
 
 
 def watch_polar_clock(polar: PolarAsync) -> None:
@@ -313,7 +369,9 @@ class PolarGateway:
     async def order(self, order_id: str) -> dict[str, Any]:
         """One order as Polar's JSON (it holds the customer's details: callers keep only the
         facts they need), paced, unbatched."""
-        answer = await self._call(lambda: self._polar.orders.get(order_id), "reading the order")
+        # Encoded: polar-sdk puts a path parameter into the URL as it is.
+        segment = path_segment(order_id)
+        answer = await self._call(lambda: self._polar.orders.get(segment), "reading the order")
         return dataclasses.asdict(answer)  # polar-sdk's models are dataclasses
 
     async def active_subscriptions(
@@ -376,7 +434,7 @@ class PolarGateway:
             except Exception as exc:
                 self._metrics.call(action, exc)
                 await self._note_rate_limit(exc)
-                raise polar_failure(exc, action) from exc
+                raise polar_failure(exc, action) from None
             self._metrics.call(action)
             return answer
 

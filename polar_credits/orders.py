@@ -9,13 +9,14 @@ written into workflow histories.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from polar_credits.logsafe import shown
 from polar_credits.models import MetadataValue, OrderFacts, SubscriptionFacts
+from polar_credits.moments import to_utc
 from polar_credits.rules import BillingReason, MetadataKeys
 
 # Order statuses and billing reasons this release knows (POLAR_FACTS.md, "Orders and
@@ -45,6 +46,18 @@ class WithMetadata(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+# Every date of a subscription the service converts to UTC (grant keys, timers, ordering).
+SUBSCRIPTION_DATE_FIELDS = (
+    "modified_at",
+    "started_at",
+    "current_period_start",
+    "current_period_end",
+    "current_meter_period_start",
+    "ends_at",
+    "ended_at",
+)
+
+
 class SubscriptionSnapshot(BaseModel):
     """The subscription as the order recorded it when the order was made, or as a
     `subscription.*` webhook shows it now (`PolarSubscription`)."""
@@ -70,6 +83,13 @@ class SubscriptionSnapshot(BaseModel):
     product: WithMetadata | None = None
     customer: WithMetadata | None = None
 
+    def date_refusal(self, label: str = "subscription") -> str | None:
+        """Why one of its dates can never be read, or None: a valid ISO date can still
+        overflow once converted to UTC, where every grant key and timer is computed."""
+        return _date_refusal(
+            label, {name: getattr(self, name) for name in SUBSCRIPTION_DATE_FIELDS}
+        )
+
 
 class PolarSubscription(SubscriptionSnapshot):
     """The data of a `subscription.*` webhook: Polar's subscription, the fields read."""
@@ -83,7 +103,7 @@ class PolarSubscription(SubscriptionSnapshot):
             value = getattr(self, name)
             if value is not None and len(value) > MAX_REFERENCE_ID_CHARS:
                 return f"subscription {name} is longer than {MAX_REFERENCE_ID_CHARS} characters"
-        return None
+        return self.date_refusal()
 
 
 class PaidOrder(BaseModel):
@@ -141,7 +161,10 @@ class PaidOrder(BaseModel):
                         f"{label} {shown(key, 40)!r} is longer than "
                         f"{MAX_METADATA_VALUE_CHARS} characters"
                     )
-        return None
+        dates = _date_refusal("order", {"created_at": self.created_at})
+        if dates is None and self.subscription is not None:
+            dates = self.subscription.date_refusal("order's subscription")
+        return dates
 
 
 def order_facts(
@@ -195,7 +218,7 @@ def subscription_facts(
         product_id=snapshot.product_id or (order.product_id if order else None),
         status=snapshot.status or "active",
         # To the microsecond: two changes within one second must still be ordered.
-        modified_at=_utc(snapshot.modified_at).isoformat() if snapshot.modified_at else None,
+        modified_at=to_utc(snapshot.modified_at).isoformat() if snapshot.modified_at else None,
         started_at=_utc_second(snapshot.started_at),
         current_period_start=_utc_second(snapshot.current_period_start),
         current_period_end=_utc_second(snapshot.current_period_end),
@@ -223,11 +246,18 @@ def _utc_second(moment: datetime | None) -> str | None:
     """One spelling per instant, so the same period always gives the same grant key."""
     if moment is None:
         return None
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _utc(moment: datetime) -> datetime:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+def _date_refusal(label: str, dates: dict[str, datetime | None]) -> str | None:
+    for name, moment in dates.items():
+        if moment is None:
+            continue
+        try:
+            to_utc(moment)
+        except ValueError as exc:
+            return f"{label} {name}: {exc}"
+    return None
 
 
 def _allowed_metadata(

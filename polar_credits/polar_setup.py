@@ -26,6 +26,7 @@ from polar.v2026_10 import PolarAsync
 from polar.v2026_10.literals import WebhookEventType
 from polar.v2026_10.outputs import Meter, Product
 
+from polar_credits.polar_ids import path_segment
 from polar_credits.rules import RulesFile
 
 API_VERSION = "2026-10"
@@ -493,7 +494,9 @@ async def apply_plan(polar: PolarAsync, plan: Plan) -> None:
         await _change(
             "update the webhook endpoint",
             "webhooks:write",
-            lambda: polar.webhooks.update_webhook_endpoint(webhook.endpoint_id, **webhook.changes),
+            lambda: polar.webhooks.update_webhook_endpoint(
+                path_segment(webhook.endpoint_id), **webhook.changes
+            ),
         )
     if plan.rules_file is not None:
         text = starter_rules(plan.meters, plan.products)

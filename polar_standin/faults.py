@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from polar_standin.clock import now
 
 FAULT_STATUSES = (404, 422, 429, 500, 502, 503, 504)
+DEFAULT_DETAIL = "Injected by the stand-in"
 DEFAULT_HANG_SECONDS = 3600.0  # longer than any client timeout
 
 
@@ -36,6 +37,9 @@ class Fault:
     hang: bool = False  # no answer for hang_seconds (or until the client gives up)
     hang_seconds: float = DEFAULT_HANG_SECONDS
     drop: bool = False  # close the connection without any HTTP answer
+    # The answer's `detail` (the 422's `msg`): an error body may quote what Polar holds (a
+    # customer's email, say), which a client must never write to its logs.
+    detail: str = DEFAULT_DETAIL
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,7 @@ def fault_from_json(body: dict[str, Any]) -> Fault:
         hang=bool(body.get("hang")) or body.get("hang_seconds") is not None,
         hang_seconds=float(body.get("hang_seconds") or DEFAULT_HANG_SECONDS),
         drop=bool(body.get("drop")),
+        detail=str(body.get("detail") or DEFAULT_DETAIL),
     )
     if fault.rate is None and fault.count < 1:
         raise ValueError("count must be >= 1 (or give a rate)")
@@ -190,16 +195,12 @@ async def apply_fault(fault: Fault, request: Request, call_next: Any) -> Respons
     if fault.status == 422:
         # A validation failure that names no event: the whole body is refused.
         return JSONResponse(
-            {
-                "detail": [
-                    {"loc": ["body"], "msg": "Injected by the stand-in", "type": "value_error"}
-                ]
-            },
+            {"detail": [{"loc": ["body"], "msg": fault.detail, "type": "value_error"}]},
             status_code=422,
         )
     if fault.status is not None:
         return JSONResponse(
-            {"error": "InjectedFault", "detail": "Injected by the stand-in"},
+            {"error": "InjectedFault", "detail": fault.detail},
             status_code=fault.status,
         )
     response = await call_next(request)

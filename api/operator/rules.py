@@ -6,6 +6,7 @@ fetches an order by id, looks up the first-order fact and reads the customer's l
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
@@ -19,8 +20,10 @@ from temporalio.service import RPCError
 
 from api.dependencies import SettingsDep, TemporalDep
 from api.operator.auth import OPERATOR
+from api.operator.grants import ID_VALUE
 from api.operator.route import OperatorRoute
 from api.operator.temporal_errors import temporal_error
+from api.problems import Problem
 from polar_credits import ui_summaries as ui
 from polar_credits.decision import describe
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
@@ -34,6 +37,13 @@ router = APIRouter(
 
 # A preview is a few quick activities; someone is waiting for the answer.
 PREVIEW_TIMEOUT = timedelta(seconds=60)
+# The worker reads the order at Polar by this id: an id like the other routes take (Polar's
+# are UUIDs), never a path, a query or a fragment.
+_ORDER_ID = re.compile(ID_VALUE)
+ORDER_ID_RULE = (
+    "order_id must be a Polar order id: 1 to 256 letters, digits and . _ : @ + -, "
+    "starting with a letter or a digit"
+)
 
 EXAMPLE_BY_ID = {"order_id": "9a3c4d1e-0000-4000-8000-000000000001"}
 PreviewBody = Annotated[
@@ -80,7 +90,19 @@ class PreviewAnswer(BaseModel):
     workflow_id: str
 
 
-@router.post("/preview", response_model=PreviewAnswer)
+@router.post(
+    "/preview",
+    response_model=PreviewAnswer,
+    responses={
+        404: {"model": Problem, "description": "Polar has no order with this `order_id`."},
+        422: {
+            "model": Problem,
+            "description": "Neither a Polar order nor a valid `order_id` (an id like the "
+            "other routes take), or an order no real Polar order can be (a date out of range "
+            "once converted to UTC, an id far beyond Polar's); nothing reached Polar.",
+        },
+    },
+)
 async def preview(
     request: Request,
     settings: SettingsDep,
@@ -121,8 +143,8 @@ async def preview(
 def _preview_input(request: Request, body: dict[str, Any]) -> RulesPreviewInput:
     if set(body) == {"order_id"}:
         order_id = body["order_id"]
-        if not isinstance(order_id, str) or not order_id.strip():
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "order_id must be a string")
+        if not isinstance(order_id, str) or not _ORDER_ID.fullmatch(order_id.strip()):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, ORDER_ID_RULE)
         return RulesPreviewInput(order_id=order_id.strip())
     if isinstance(body.get("data"), dict) and "type" in body:
         body = body["data"]  # a whole webhook body

@@ -100,6 +100,7 @@ def test_each_app_counts_in_its_own_registry() -> None:
         ("subscription.updated", "subscription.updated"),
         (None, "none"),
         ("x" * 500, "other"),
+        ("order.teleported", "other"),  # shaped like Polar's, but not one of them
         ('order.paid"} 1\nforged', "other"),
     ],
 )

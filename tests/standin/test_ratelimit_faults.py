@@ -121,3 +121,18 @@ async def test_faults_armed_at_start_up_from_flags_file_and_env(fresh_standin, t
         with pytest.raises(PolarNetworkError):
             await polar.customers.list()
         await polar.customers.list()
+
+
+def test_a_fault_answers_the_detail_it_was_given(fresh_standin):
+    """A client's error handling is tried against a body that quotes personal data."""
+    standin = fresh_standin(extra_args=UNLIMITED)
+    detail = "customer jane.doe@example.com (Jane Doe) is not an order"
+    standin.add_fault("meters.list", 500, 1, detail=detail)
+    standin.add_fault("meters.list", 422, 1, detail=detail)
+    with _http(standin) as http:
+        server_error = http.get("/v1/meters/")
+        assert server_error.status_code == 500 and server_error.json()["detail"] == detail
+        rejected = http.get("/v1/meters/")
+        assert rejected.status_code == 422 and rejected.json()["detail"][0]["msg"] == detail
+        plain = http.get("/v1/meters/")
+        assert plain.status_code == 200

@@ -256,7 +256,7 @@ class StandinProcess:
         response_delay_ms: int = 0,
         **extra: Any,
     ) -> None:
-        """extra: rate, seed, hang, hang_seconds, drop (see POST /admin/faults)."""
+        """extra: rate, seed, hang, hang_seconds, drop, detail (see POST /admin/faults)."""
         self.admin(
             "POST",
             "/admin/faults",
