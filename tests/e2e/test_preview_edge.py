@@ -70,7 +70,12 @@ CASES = [
     Case("order_id with a newline and a forged log line",
          lambda p: {"order_id": p.order_id + "\n2026-12-01 INFO forged"}, 422, ID_RULE),
     Case("order_id with non-ASCII letters", lambda p: {"order_id": "commande-été"}, 422, ID_RULE),
-    Case("order_id with a lone surrogate", lambda p: {"order_id": "\ud800abc"}, 422, ID_RULE),
+    Case(
+        "order_id with a lone surrogate",
+        lambda p: {"order_id": "\ud800abc"},
+        422,
+        "lone surrogate",  # refused with the body, before any field is read
+    ),
     Case("order_id of 257 characters", lambda p: {"order_id": "o" * 257}, 422, ID_RULE),
     Case("order_id of 100 KB", lambda p: {"order_id": "o" * 100_000}, 422, ID_RULE),
     Case("order_id empty", lambda p: {"order_id": ""}, 422, ID_RULE),
@@ -148,7 +153,10 @@ async def test_preview_edge(
     if case.status == 200:
         assert response.json()["units"] == case.units
     else:
-        assert case.says in response.json()["detail"], response.text
+        detail = response.json()["detail"]
+        if isinstance(detail, list):  # a validation error: FastAPI's list of problems
+            detail = " ".join(problem["msg"] for problem in detail)
+        assert case.says in detail, response.text
     if case.status == 422:
         # Refused before the worker: no preview started, nothing asked of Polar.
         assert polar_calls(stack) == calls_before
