@@ -17,7 +17,8 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from polar_credits.temporal_client import CORE_LOGGER
-from tests.conftest import TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
+from tests.conftest import OPERATOR_TOKEN, TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
+from tests.e2e.test_operators import cli
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
@@ -77,6 +78,7 @@ def start_api(
     log_dir: Path,
     rules_file: Path | None = None,
     log_format: str = "text",
+    **extra: str,
 ) -> ServiceProcess:
     port = free_port()
     return ServiceProcess(
@@ -89,6 +91,7 @@ def start_api(
             "CREDITS_API_PORT": str(port),
             "CREDITS_RULES_FILE": str(rules_file or ""),
             "CREDITS_LOG_FORMAT": log_format,
+            **extra,
         },
         # /healthz, not /readyz: the API must come up while Temporal is down.
         ready_url=f"http://127.0.0.1:{port}/healthz",
@@ -299,3 +302,60 @@ async def test_the_sdk_cores_warnings_reach_the_workers_formatter(
     finally:
         worker.stop()
     assert_formatted(worker.log(), log_format)
+
+
+async def test_temporal_refusing_an_operator_request_is_a_422_not_an_outage(
+    tmp_path: Path,
+) -> None:
+    """A Temporal whose payloads may be 512 bytes at most (Temporal Cloud's limit is 2 MB):
+    the manual grant's input passes it, and Temporal refuses the start for good
+    (INVALID_ARGUMENT, "Blob data size exceeds limit"). The operator is told so, 422 with
+    Temporal's reason, not "unavailable, try again"; and the CLI exits with its usage code."""
+    temporal = TemporalProcess(
+        tmp_path, "limit.blobSize.error=512", "limit.blobSize.warn=256"
+    ).start()
+    rules = tmp_path / "rules.toml"
+    rules.write_text(TEST_RULES)
+    api = start_api(temporal, tmp_path, rules, CREDITS_OPERATOR_TOKEN=OPERATOR_TOKEN)
+    try:
+        key = f"blob-{uuid.uuid4()}"
+        grant = {
+            "customer_id": str(uuid.uuid4()),
+            "meter": "api_calls",
+            "units": 5,
+            "reason": "a reason long enough to pass the server's blob limit " * 3,
+            "idempotency_key": key,
+        }
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(
+                f"{api_url(api)}/grants",
+                json=grant,
+                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+            )
+        assert response.status_code == 422, response.text
+        assert "INVALID_ARGUMENT" in response.json()["detail"], response.text
+        assert (await get(f"{api_url(api)}/readyz")).status_code == 200
+
+        result = cli(
+            api_url(api),
+            OPERATOR_TOKEN,
+            "grants",
+            "create",
+            "--customer",
+            grant["customer_id"],
+            "--meter",
+            "api_calls",
+            "--units",
+            "5",
+            "--reason",
+            grant["reason"],
+            "--idempotency-key",
+            f"{key}-cli",
+        )
+        assert result.exit_code == 2, result.output  # usage: not 5, "try again"
+        client = await Client.connect(temporal.address)
+        runs = [w async for w in client.list_workflows("WorkflowType = 'ManualGrantWorkflow'")]
+        assert runs == []
+    finally:
+        api.stop()
+        temporal.stop()
