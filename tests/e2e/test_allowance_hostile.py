@@ -23,6 +23,7 @@ from temporalio.api.enums.v1 import EventType
 
 from polar_credits.grant_limit import MAX_GRANT_UNITS
 from tests.conftest import SEAT_HEAVY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
+from tests.e2e.test_allowance_webhooks import subscription_create_order
 from tests.e2e.test_allowances import (
     MONTHLY,
     allowance_events,
@@ -82,19 +83,7 @@ async def test_another_customers_paid_order_cannot_take_over_a_subscription(
     assert await balance(stack, a) == MONTHLY
 
     # B's paid order, signed as Polar signs it, naming A's subscription.
-    placed = stack.standin.create_paid_order(
-        b,
-        YEARLY_PRODUCT_ID,
-        billing_reason="subscription_create",
-        subscription={
-            "id": sub["id"],
-            "status": "active",
-            "current_period_start": sub["current_period_start"],
-            "current_period_end": sub["current_period_end"],
-            "started_at": sub["started_at"],
-        },
-        deliver=False,
-    )
+    placed = subscription_create_order(stack, b, sub)
     order_id = placed["order"]["id"]
     answer = await post_signed(stack, http, await order_paid_body(stack, order_id))
     # The webhook cannot know the run's customer without asking the run: it delivers, the run

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -66,6 +67,24 @@ async def run_state(
         await asyncio.sleep(0.1)
 
 
+def subscription_create_order(stack: Stack, customer_id: str, sub: dict[str, Any]) -> dict:
+    """A paid `subscription_create` order of `customer_id` at the stand-in, naming `sub` as
+    Polar's order does; not delivered (the test signs and posts it)."""
+    return stack.standin.create_paid_order(
+        customer_id,
+        YEARLY_PRODUCT_ID,
+        billing_reason="subscription_create",
+        subscription={
+            "id": sub["id"],
+            "status": "active",
+            "current_period_start": sub["current_period_start"],
+            "current_period_end": sub["current_period_end"],
+            "started_at": sub["started_at"],
+        },
+        deliver=False,
+    )
+
+
 async def test_a_webhook_before_the_paid_order_starts_the_run_which_waits_for_payment(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
@@ -80,19 +99,7 @@ async def test_a_webhook_before_the_paid_order_starts_the_run_which_waits_for_pa
     assert waiting.status == "waiting_for_payment" and waiting.grants_total == 0
 
     # The first paid order: its run starts as usual, and the allowance run learns it is paid.
-    paid = stack.standin.create_paid_order(
-        customer_id,
-        YEARLY_PRODUCT_ID,
-        billing_reason="subscription_create",
-        subscription={
-            "id": sub["id"],
-            "status": "active",
-            "current_period_start": sub["current_period_start"],
-            "current_period_end": sub["current_period_end"],
-            "started_at": sub["started_at"],
-        },
-        deliver=False,
-    )
+    paid = subscription_create_order(stack, customer_id, sub)
     order_id = paid["order"]["id"]
     body = await order_paid_body(stack, order_id)
     first = await post_signed(stack, http, body)
