@@ -27,9 +27,8 @@ from polar_credits import search_attributes as sa
 from polar_credits.backfills import backfill_workflow_id
 from polar_credits.operator_grants import manual_grant_workflow_id
 from tests.conftest import OPERATOR_TOKEN, Stack
-from tests.e2e.test_operators import GRAFANA_TOKEN, api_env, cli, tokens_file
+from tests.e2e.test_operators import GRAFANA_TOKEN, cli, start_api, tokens_file, url_of
 from tests.e2e.test_pipeline import grant_events
-from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -54,22 +53,17 @@ def edge_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The API on the session's Temporal and task queue, with a write and a read token and a
     short body timeout (the trickling client), its log to itself."""
     directory = tmp_path_factory.mktemp("operator-edge")
-    port = free_port()
-    api = ServiceProcess(
+    api = start_api(
+        stack,
         "api-operator-edge",
-        ["-m", "api"],
-        env=api_env(
-            stack,
-            port,
-            CREDITS_OPERATOR_TOKEN=OPERATOR_TOKEN,
-            CREDITS_OPERATOR_TOKENS_FILE=str(tokens_file(directory)),
-            CREDITS_API_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
-        ),
-        ready_url=f"http://127.0.0.1:{port}/readyz",
-        log_path=directory / "api.log",
-    ).start()
+        directory,
+        CREDITS_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        CREDITS_OPERATOR_TOKENS_FILE=str(tokens_file(directory)),
+        CREDITS_API_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+    )
     try:
-        yield EdgeApi(f"http://127.0.0.1:{port}", port, api)
+        url = url_of(api)
+        yield EdgeApi(url, int(url.rsplit(":", 1)[1]), api)
     finally:
         api.stop()
 

@@ -78,26 +78,37 @@ def api_env(stack: Stack, port: int, **extra: str) -> dict[str, str]:
     }
 
 
+def start_api(stack: Stack, name: str, directory: Path, **env: str) -> ServiceProcess:
+    """The API as its own process on the session's Temporal and task queue, with `env` added
+    (operator tokens, timeouts), ready and logging to `directory`/api.log."""
+    port = free_port()
+    return ServiceProcess(
+        name,
+        ["-m", "api"],
+        env=api_env(stack, port, **env),
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+        log_path=directory / "api.log",
+    ).start()
+
+
+def url_of(api: ServiceProcess) -> str:
+    return api.ready_url.removesuffix("/readyz")
+
+
 @pytest.fixture(scope="module")
 def named_api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API with the three sources of operator tokens, on the session's task queue."""
     directory = tmp_path_factory.mktemp("named-api")
-    port = free_port()
-    api = ServiceProcess(
+    api = start_api(
+        stack,
         "api-named-operators",
-        ["-m", "api"],
-        env=api_env(
-            stack,
-            port,
-            CREDITS_OPERATOR_TOKEN=OPERATOR_TOKEN,
-            CREDITS_OPERATOR_TOKENS=f"alice:write:{ALICE_TOKEN}",
-            CREDITS_OPERATOR_TOKENS_FILE=str(tokens_file(directory)),
-        ),
-        ready_url=f"http://127.0.0.1:{port}/readyz",
-        log_path=directory / "api.log",
-    ).start()
+        directory,
+        CREDITS_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        CREDITS_OPERATOR_TOKENS=f"alice:write:{ALICE_TOKEN}",
+        CREDITS_OPERATOR_TOKENS_FILE=str(tokens_file(directory)),
+    )
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url_of(api)
     finally:
         api.stop()
     log = api.log()
