@@ -16,7 +16,7 @@ WORKDIR /src
 COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 # The service code only: no tests, benchmarks or stand-in (.dockerignore).
-COPY pyproject.toml README.md worker.py ./
+COPY pyproject.toml README.md ./
 COPY polar_credits ./polar_credits
 COPY api ./api
 COPY activities ./activities

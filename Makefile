@@ -20,10 +20,10 @@ $(VENV_STAMP): pyproject.toml
 install: $(VENV_STAMP) ## Create .venv and install the project with dev extras
 
 run: $(VENV_STAMP) ## Start Temporal, the Polar stand-in, the worker and the API
-	$(VENV_PYTHON) -m polar_credits.stack
+	$(VENV_PYTHON) -m tools.stack
 
 demo: $(VENV_STAMP) ## Simulate a purchase against the running stack (after make run)
-	$(VENV_PYTHON) -m polar_credits.demo
+	$(VENV_PYTHON) -m tools.demo
 
 test: $(VENV_STAMP) ## Run the test suite
 	$(VENV)/bin/pytest
@@ -32,11 +32,11 @@ lint: $(VENV_STAMP) ## Check the code with ruff
 	$(VENV)/bin/ruff check .
 
 bench: $(VENV_STAMP) ## Benchmark the pipeline and a renewal burst on private stacks (long; ARGS=--quick for a smoke run)
-	$(VENV_PYTHON) -m bench.pipeline $(ARGS)
-	$(VENV_PYTHON) -m bench.burst $(ARGS)
+	$(VENV_PYTHON) -m tools.bench.pipeline $(ARGS)
+	$(VENV_PYTHON) -m tools.bench.burst $(ARGS)
 
 chaos: $(VENV_STAMP) ## Chaos run: N orders through faults, kills and restarts; asserts each is granted once (ARGS=--orders N)
-	$(VENV_PYTHON) -m bench.chaos $(ARGS)
+	$(VENV_PYTHON) -m tools.bench.chaos $(ARGS)
 
 # uv runs from a throwaway venv: it is no dependency of the project. setuptools (the build
 # backend, pyproject.toml [build-system]) is locked too: the image builds the project offline.

@@ -6,9 +6,8 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from polar_credits.api.dependencies import TemporalDep
 from pydantic import BaseModel
-
-from api.dependencies import TemporalDep
 
 router = APIRouter(tags=["health"])
 

@@ -21,6 +21,23 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from polar_credits.api.allowances import (
+    AllowanceUnavailable,
+    Delivery,
+    steer_allowance,
+    wants_allowance,
+)
+from polar_credits.api.dependencies import SettingsDep, TemporalDep
+from polar_credits.api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
+from polar_credits.api.payloads import (
+    BadPayload,
+    BodyTimeout,
+    BodyTooLarge,
+    parse_json,
+    read_capped_body,
+)
+from polar_credits.api.problems import Problem
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.requests import ClientDisconnect
@@ -28,11 +45,6 @@ from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.allowances import AllowanceUnavailable, Delivery, steer_allowance, wants_allowance
-from api.dependencies import SettingsDep, TemporalDep
-from api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
-from api.payloads import BadPayload, BodyTimeout, BodyTooLarge, parse_json, read_capped_body
-from api.problems import Problem
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
@@ -50,7 +62,6 @@ from polar_credits.orders import (
     subscription_facts,
 )
 from polar_credits.settings import Settings
-from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 log = logging.getLogger("polar_credits.api")
 router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)

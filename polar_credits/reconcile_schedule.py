@@ -31,7 +31,7 @@ from polar_credits.models import VerificationPolicy
 from polar_credits.operators import OPERATOR_MEMO
 from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
 from polar_credits.settings import Settings
-from workflows.reconcile import ReconcileWorkflow
+from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger("polar_credits.reconcile")
 

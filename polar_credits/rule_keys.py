@@ -211,7 +211,7 @@ async def record_rule_keys(client: Client, task_queue: str, rules: RulesFile) ->
     from temporalio.common import WorkflowIDConflictPolicy
 
     from polar_credits import ui_summaries as ui
-    from workflows.rules_registry import RulesRegistryWorkflow
+    from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 
     text = ui.rules_registry_start(task_queue)
 

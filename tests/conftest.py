@@ -12,18 +12,18 @@ from pathlib import Path
 import httpx
 import pytest
 from polar.v2026_10 import PolarAsync
+from polar_credits.activities.gateway import PolarGateway
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.gateway import PolarGateway
 from polar_credits import search_attributes
 from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
 from polar_credits.rules import RulesFile, load_rules
 from polar_credits.settings import Settings
+from polar_credits.worker import build_worker
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.standin import StandinProcess
-from worker import build_worker
 
 BIN = Path(sys.executable).parent
 WEBHOOK_SECRET = "whsec_test_" + "c2VjcmV0LWZvci10ZXN0cw"

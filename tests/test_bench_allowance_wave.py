@@ -1,4 +1,4 @@
-"""The pure helpers of bench.allowance_wave: the wave moment and its anchor, the subscription
+"""The pure helpers of tools.bench.allowance_wave: the wave moment and its anchor, the subscription
 snapshot, the rules file, the budget floor, the per-period grant check, call figures."""
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench.allowance_wave import (
+from polar_credits.cadence import parse_cadence
+from polar_credits.models import SubscriptionFacts
+from polar_credits.rules import allowance_external_id, decide_allowance_rules, parse_rules
+from tools.bench.allowance_wave import (
     GRANT_UNITS,
     RULE_ID,
     anchor_for_wave,
@@ -25,9 +28,6 @@ from bench.allowance_wave import (
     wave_floor,
     wave_moment,
 )
-from polar_credits.cadence import parse_cadence
-from polar_credits.models import SubscriptionFacts
-from polar_credits.rules import allowance_external_id, decide_allowance_rules, parse_rules
 
 
 def at(text: str) -> datetime:

@@ -1,11 +1,11 @@
-"""The pure helpers of bench.burst: call floor, grant check, windows, request-log arithmetic."""
+"""The pure helpers of tools.bench.burst: call floor, grant check, windows, request-log sums."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 
-from bench.burst import (
+from tools.bench.burst import (
     MAX_INGEST_BYTES,
     by_endpoint,
     call_floor,

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from polar_credits.cli.base import ExitCode, app
 from polar_credits.polar_setup import SUBSCRIPTION_EVENTS
 from polar_credits.rules import load_rules
-from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_YEARLY_PRODUCT_ID
 from tests.support.processes import REPO_ROOT
 from tests.support.standin import StandinProcess
+from tools.standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_YEARLY_PRODUCT_ID
 
 TOKEN = "polar_oat_setup_test_token"
 URL = "https://credits.example.com/webhooks/polar"

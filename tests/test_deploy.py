@@ -26,10 +26,11 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from polar_credits import search_attributes, stack
+from polar_credits import search_attributes
 from tests.conftest import TEST_RULES
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, stop_process
+from tools import stack
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -122,7 +123,7 @@ def test_without_a_profile_compose_starts_the_local_stack_and_production_replace
 def test_production_has_no_standin_and_no_dev_server() -> None:
     production = {name: services()[name] for name in PRODUCTION}
     text = yaml.safe_dump(production)
-    assert "polar_standin" not in text and "standin" not in text
+    assert "tools.standin" not in text and "standin" not in text
     assert "start-dev" not in text
     assert stack.STANDIN_TOKEN not in text and stack.STANDIN_WEBHOOK_SECRET not in text
     for name in ("credits-api", "credits-worker"):
@@ -339,7 +340,7 @@ def test_the_dockerfile_is_multi_stage_installs_from_the_lock_and_runs_as_non_ro
     assert len(users) == 1 and users[0].split(":")[0] not in ("0", "root")
     # The build context holds only the service: no stand-in, tests, local data or .env.
     copied = " ".join(args for op, args in instructions if op == "COPY")
-    for left_out in ("polar_standin", "tests", "bench", ".env", ".data"):
+    for left_out in ("tools.standin", "tests", "bench", ".env", ".data"):
         assert left_out not in copied
     ignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*") :][0] == "*"  # everything excluded unless listed after

@@ -13,7 +13,7 @@ import pytest
 
 from polar_credits.operators import Scope, authenticate, load_operator_tokens
 from polar_credits.settings import Settings, SettingsError, load_settings
-from polar_credits.stack import StackConfig, operator_lines
+from tools.stack import StackConfig, operator_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALICE = "alice-token:with:colons-0123456789"  # a token may hold ':' in the compact form

@@ -19,8 +19,8 @@ import psutil
 import pytest
 import yaml
 
-from polar_credits import stack
 from polar_credits.rules import parse_rules
+from tools import stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -81,7 +81,7 @@ def test_compose_points_the_service_at_the_standin_and_publishes_on_localhost_on
 
 
 def test_demo_rules_grant_on_the_standins_seeded_products() -> None:
-    seed = pytest.importorskip("polar_standin.seed")
+    seed = pytest.importorskip("tools.standin.seed")
     rules = parse_rules((REPO_ROOT / stack.DEMO_RULES_FILE).read_text())
     meter = rules.meters["api_calls"]
     assert (meter.id, meter.event_name, meter.property) == (
@@ -276,7 +276,7 @@ def _stop(process: subprocess.Popen, children: list[psutil.Process]) -> None:
 
 @pytest.mark.skipif(
     not all((REPO_ROOT / p).exists() for p in ("worker.py", "api/__main__.py",
-                                               "polar_standin/__main__.py")),
+                                               "tools/standin/__main__.py")),
     reason="needs worker.py, api and the stand-in",
 )  # fmt: skip
 def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_everything(
@@ -295,7 +295,7 @@ def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_ev
         PYTHONUNBUFFERED="1",
     )
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "polar_credits.stack"],
+        [sys.executable, "-m", "tools.stack"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -332,7 +332,7 @@ def test_make_run_then_demo_grants_and_verifies_ten_credits_then_ctrl_c_stops_ev
         }  # fmt: skip
 
         demo = subprocess.run(
-            [sys.executable, "-m", "polar_credits.demo", "--timeout", "150"],
+            [sys.executable, "-m", "tools.demo", "--timeout", "150"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

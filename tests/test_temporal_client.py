@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from temporalio.service import TLSConfig
 
-from polar_credits import stack
 from polar_credits.settings import Settings, SettingsError
 from polar_credits.temporal_client import resolve_temporal
 from tests.support.certs import Pki, make_pki
+from tools import stack
 
 API_KEY = "tmprl-" + "test-api-key-0123456789"
 

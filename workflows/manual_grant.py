@@ -11,7 +11,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.operator import OperatorActivities
+    from polar_credits.activities.operator import OperatorActivities
+    from polar_credits.workflows.order_credits import INGEST_RETRY, INGEST_TIMEOUT
+    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
+
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.models import (
@@ -26,8 +29,6 @@ with workflow.unsafe.imports_passed_through():
         ManualGrantState,
         manual_grant_external_id,
     )
-    from workflows.order_credits import INGEST_RETRY, INGEST_TIMEOUT
-    from workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 
 @workflow.defn

@@ -14,8 +14,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.credits import CreditActivities
-    from activities.ledger import LedgerActivities
+    from polar_credits.activities.credits import CreditActivities
+    from polar_credits.activities.ledger import LedgerActivities
+    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
+
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
@@ -42,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held
-    from workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.

@@ -19,12 +19,13 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.reconcile import ReconcileActivities
-    from activities.recover import RecoverActivities
+    from polar_credits.activities.reconcile import ReconcileActivities
+    from polar_credits.activities.recover import RecoverActivities
+    from polar_credits.workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
+
     from polar_credits import ui_summaries as ui
     from polar_credits.reconciliation import ReconcilePageInput
     from polar_credits.recovery import RecoverInput, RecoverResult, RecoverSubscriptionsInput
-    from workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
 
 
 @workflow.defn

@@ -16,7 +16,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.operator import BALANCE_UNREADABLE, OperatorActivities
+    from polar_credits.activities.operator import BALANCE_UNREADABLE, OperatorActivities
+    from polar_credits.workflows.order_credits import (
+        HEARTBEAT_TIMEOUT,
+        INGEST_RETRY,
+        INGEST_TIMEOUT,
+    )
+
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.models import PolarErrorType
@@ -28,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         RevokeStatus,
         plan_revoke,
     )
-    from workflows.order_credits import HEARTBEAT_TIMEOUT, INGEST_RETRY, INGEST_TIMEOUT
 
 # A revoke waits on an operator: a few tries, then a clear failure rather than a guess.
 BALANCE_RETRY = RetryPolicy(

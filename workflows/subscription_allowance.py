@@ -24,7 +24,14 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.allowance import AllowanceActivities
+    from polar_credits.activities.allowance import AllowanceActivities
+    from polar_credits.workflows.order_credits import (
+        ACTIVITY_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        INGEST_RETRY,
+        INGEST_TIMEOUT,
+    )
+
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.cadence import Cadence, parse_cadence
@@ -43,12 +50,6 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held, count_refused
-    from workflows.order_credits import (
-        ACTIVITY_TIMEOUT,
-        HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
-        INGEST_TIMEOUT,
-    )
 
 # Statuses in which a due period is granted; others hold it (past_due, incomplete) or end
 # the run (ENDED_STATUSES). A paused subscription's periods are skipped, not made up.

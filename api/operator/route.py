@@ -19,11 +19,16 @@ from typing import Any
 from fastapi import HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from polar_credits.api.operator.auth import check_writer, operator_from_headers, require_writer
+from polar_credits.api.payloads import (
+    BadPayload,
+    BodyTimeout,
+    BodyTooLarge,
+    parse_json,
+    read_capped_body,
+)
+from polar_credits.api.problems import Problem
 from starlette.requests import ClientDisconnect
-
-from api.operator.auth import check_writer, operator_from_headers, require_writer
-from api.payloads import BadPayload, BodyTimeout, BodyTooLarge, parse_json, read_capped_body
-from api.problems import Problem
 
 # The largest operator body: a rules preview takes a whole Polar order, which the webhook
 # caps at 1 MiB too; a backfill's 10,000 customer ids fit well within it.

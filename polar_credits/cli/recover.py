@@ -28,7 +28,7 @@ from polar_credits.models import VerificationPolicy
 from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
 from polar_credits.temporal_client import TemporalUnreachable, connect_temporal
-from workflows.recover import RecoverWorkflow
+from polar_credits.workflows.recover import RecoverWorkflow
 
 POLL_SECONDS = 1.0
 QUERY_TIMEOUT = timedelta(seconds=5)

@@ -26,8 +26,8 @@ def serve(
         os.environ["CREDITS_API_HOST"] = host
     if port is not None:
         os.environ["CREDITS_API_PORT"] = str(port)
-    from api.__main__ import main as api_main
-    from api.server import STARTUP_FAILURE
+    from polar_credits.api.__main__ import main as api_main
+    from polar_credits.api.server import STARTUP_FAILURE
 
     # uvicorn handles SIGINT and SIGTERM while it runs, then raises the signal again with
     # the handler it found: this one, which api/server.py's `serve` takes as a stop (a stop
@@ -72,7 +72,7 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        import worker as worker_process
+        from polar_credits import worker as worker_process
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

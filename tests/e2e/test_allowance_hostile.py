@@ -19,6 +19,7 @@ import uuid
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.api.enums.v1 import EventType
 
 from polar_credits.grant_limit import MAX_GRANT_UNITS
@@ -41,7 +42,6 @@ from tests.e2e.test_pipeline import (
     post_signed,
     result_of,
 )
-from workflows.order_credits import order_workflow_id
 
 PER_SEAT = 2000  # the enterprise-monthly rule, on "Enterprise yearly"
 

@@ -15,6 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -22,8 +27,6 @@ from polar_credits import search_attributes as sa
 from polar_credits.models import AllowanceState
 from tests.conftest import UNRULED_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import grant_events, new_customer, order_paid_body, post_signed
-from workflows.order_credits import order_workflow_id
-from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 
 def subscription(customer_id: str, product_id: str = YEARLY_PRODUCT_ID, **changes) -> dict:

@@ -1,22 +1,23 @@
 """A backfill on a private stack at Polar's sandbox rate limit, its worker SIGKILLed mid-way
 (after Polar stored a page, before its answer came): every customer granted exactly once, the
 stored page found already granted when it runs again, and the service's Polar calls in any 60 s
-within its share. The issue's scale, 5,000 customers: the scenario of `python -m bench.backfill`,
-which prints its figures (about 4 minutes, under 2 of them subscribing the customers)."""
+within its share. The issue's scale, 5,000 customers: the scenario of
+`python -m tools.bench.backfill`, which prints its figures (about 4 minutes, under 2 of them
+subscribing the customers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.backfill import (
+from tools.bench.backfill import (
     Catalogue,
     report,
     run_backfill,
     service_env,
     write_catalogue,
 )
-from bench.pipeline import bench_config
-from polar_credits.stack import Stack, start_stack
+from tools.bench.pipeline import bench_config
+from tools.stack import Stack, start_stack
 
 CUSTOMERS = 5_000
 BOUND_SECONDS = 900.0

@@ -1,6 +1,6 @@
 """The chaos run, small: every kind of trouble at once, and still each order granted once.
 
-Real processes, nothing mocked: bench/chaos.py starts a private stack (Temporal dev server on
+Real processes, nothing mocked: tools/bench/chaos.py starts a private stack (Temporal dev server on
 a SQLite file, the stand-in at Polar's sandbox rate limit, two workers, the API), posts signed
 deliveries (shuffled, duplicated, a poisoned one) while Polar answers 5xx, hangs, loses
 answers and sends bursts of 429, SIGKILLs each worker once and restarts Temporal once. See
@@ -9,7 +9,7 @@ answers and sends bursts of 429, SIGKILLs each worker once and restarts Temporal
 
 from __future__ import annotations
 
-from bench.chaos import ChaosOptions, render, run_chaos_async
+from tools.bench.chaos import ChaosOptions, render, run_chaos_async
 
 OPTIONS = ChaosOptions(
     orders=50,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from temporalio.client import WorkflowHandle
 from typer.testing import CliRunner
 
@@ -21,7 +22,6 @@ from polar_credits.models import OrderCreditsState
 from tests.conftest import KIT_PRODUCT_ID, OPERATOR_TOKEN, Stack
 from tests.e2e.test_pipeline import grant_events, new_customer
 from tests.e2e.test_subscriptions import credited
-from workflows.order_credits import OrderCreditsWorkflow
 
 
 async def state_of(stack: Stack, delivery: dict) -> tuple[WorkflowHandle, OrderCreditsState]:

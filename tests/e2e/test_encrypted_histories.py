@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from google.protobuf.message import Message
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History
@@ -30,6 +31,7 @@ from polar_credits import search_attributes as sa
 from polar_credits.codec import ENCODING, KEY_ID_METADATA, data_converter
 from polar_credits.models import OrderCreditsState
 from polar_credits.settings import Settings
+from polar_credits.worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
 from tests.conftest import (
     BIN,
     CREDIT_PRODUCT_ID,
@@ -42,8 +44,6 @@ from tests.e2e.test_pipeline import order_paid_body
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess, stop_process
 from tests.support.signing import polar_signed_headers
-from worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
-from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 KEY_A = base64.b64encode(os.urandom(32)).decode()
 KEY_B = base64.b64encode(os.urandom(32)).decode()

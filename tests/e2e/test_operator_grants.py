@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
 from typer.testing import CliRunner
 
 from polar_credits.cli import app
@@ -28,7 +29,6 @@ from tests.conftest import (
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
-from workflows.order_credits import order_workflow_id
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 WAIT_SECONDS = 60.0

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
+from polar_credits.api.app import create_app
+from polar_credits.api.operator.auth import require_operator
+from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.client import Client
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.operator.auth import require_operator
 from polar_credits.cli import app as cli_app
 from polar_credits.settings import Settings
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, WEBHOOK_SECRET, Stack
@@ -31,7 +32,6 @@ from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
 from tests.support.temporal import TemporalProcess
-from workflows.order_credits import order_workflow_id
 
 # alice (write) from CREDITS_OPERATOR_TOKENS, with ':' in her token; grafana (read) from
 # CREDITS_OPERATOR_TOKENS_FILE; the session's CREDITS_OPERATOR_TOKEN is "operator" (write).

@@ -9,12 +9,13 @@ import uuid
 
 import httpx
 import pytest
+from polar_credits.activities.credits import CreditActivities
+from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
-from activities.credits import CreditActivities
 from polar_credits import search_attributes as sa
 from polar_credits.models import IngestGrantsInput, OrderCreditsState, OrderFacts
 from tests.conftest import (
@@ -25,7 +26,6 @@ from tests.conftest import (
     Stack,
 )
 from tests.support.signing import polar_signed_headers
-from workflows.order_credits import order_workflow_id
 
 EMAIL = "ada.lovelace@example.com"
 NAME = "Ada Lovelace"

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from temporalio.client import WorkflowFailureError
 
 from polar_credits.models import PolarErrorType, RulesPreviewInput
@@ -26,7 +27,6 @@ from tests.e2e.test_operator_grants import eventually
 from tests.e2e.test_pipeline import grant_events
 from tests.e2e.test_webhook_edge import assert_readme_lists
 from tests.histories.record import history_texts
-from workflows.rules_preview import RulesPreviewWorkflow
 
 EMAIL, NAME = "preview.victim@example.com", "Preview Victim"
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
@@ -30,7 +31,6 @@ from tests.conftest import (
     Stack,
 )
 from tests.support.net import free_port
-from workflows.order_credits import order_workflow_id
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 WAIT_SECONDS = 60.0

@@ -29,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
@@ -45,8 +50,6 @@ from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess
 from tests.support.standin import StandinProcess
 from tests.support.temporal import TemporalProcess
-from workflows.order_credits import order_workflow_id
-from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 BIN = Path(sys.executable).parent
 QUEUE = "credits-recover-test"

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import allowance_workflow_id
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -24,8 +26,6 @@ from tests.e2e.test_allowance_webhooks import subscription
 from tests.e2e.test_decision import order_json
 from tests.e2e.test_pipeline import assert_no_run, grant_events, post_signed
 from tests.e2e.test_webhook_edge import assert_readme_lists, counter
-from workflows.order_credits import order_workflow_id
-from workflows.subscription_allowance import allowance_workflow_id
 
 LOW, HIGH = "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"
 NAME = "Sub Scriber"

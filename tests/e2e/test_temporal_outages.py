@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import allowance_workflow_id
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from polar_credits.temporal_client import CORE_LOGGER
@@ -23,8 +25,6 @@ from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
 from tests.support.temporal import TemporalProcess
-from workflows.order_credits import order_workflow_id
-from workflows.subscription_allowance import allowance_workflow_id
 
 # Polar gives up on a delivery after 10 s; the API's own deadline is 5 s by default.
 POLAR_TIMEOUT_SECONDS = 10.0

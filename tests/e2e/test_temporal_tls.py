@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits.cli.base import ExitCode
@@ -37,7 +38,6 @@ from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, stop_process
 from tests.support.signing import polar_signed_headers
 from tests.support.standin import StandinProcess
-from workflows.order_credits import order_workflow_id
 
 API_KEY = "tmprl-" + "proxy-test-key-6b1f0c"
 CLI = str(Path(sys.executable).parent / "polar-credits")

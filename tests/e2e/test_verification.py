@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from polar.v2026_10 import PolarAsync
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -18,6 +19,7 @@ from polar_credits.models import (
     OrderCreditsState,
 )
 from polar_credits.rules import parse_rules
+from polar_credits.worker import build_worker
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,
@@ -30,8 +32,6 @@ from tests.support.net import free_port
 from tests.support.processes import ServiceProcess
 from tests.support.signing import polar_signed_headers
 from tests.support.standin import StandinProcess
-from worker import build_worker
-from workflows.order_credits import OrderCreditsWorkflow
 
 LAG = 2.0
 

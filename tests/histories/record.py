@@ -31,16 +31,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from polar.v2026_10 import PolarAsync
+from polar_credits.activities.credits import grant_event
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
-from activities.credits import grant_event
 from polar_credits import search_attributes
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import decide_grants, parse_rules
+from polar_credits.worker import build_worker
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     KIT_PRODUCT_ID,
@@ -51,8 +53,6 @@ from tests.conftest import (
     temporal_binary,
 )
 from tests.support.standin import StandinProcess
-from worker import build_worker
-from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 HERE = Path(__file__).parent
 REPO_ROOT = HERE.parent.parent

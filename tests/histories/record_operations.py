@@ -23,6 +23,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from polar_credits.activities.backfill import BackfillActivities
+from polar_credits.activities.ledger import LedgerActivities
+from polar_credits.workflows.backfill import BackfillWorkflow
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.polar_budget import (
+    BudgetState,
+    PermitRequest,
+    PolarBudgetWorkflow,
+    ThrottleReport,
+)
+from polar_credits.workflows.reconcile import ReconcileWorkflow
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
+from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -31,8 +44,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.backfill import BackfillActivities
-from activities.ledger import LedgerActivities
 from polar_credits import search_attributes
 from polar_credits.backfills import BackfillInput, BackfillTarget
 from polar_credits.models import (
@@ -50,12 +61,6 @@ from tests.histories.record import every_run, recorder_main, report_privacy, sav
 from tests.workflows import test_backfill as backfill_tests
 from tests.workflows import test_order_decision as decision_tests
 from tests.workflows import test_reconcile as reconcile_tests
-from workflows.backfill import BackfillWorkflow
-from workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
-from workflows.polar_budget import BudgetState, PermitRequest, PolarBudgetWorkflow, ThrottleReport
-from workflows.reconcile import ReconcileWorkflow
-from workflows.rules_preview import RulesPreviewWorkflow
-from workflows.rules_registry import RulesRegistryWorkflow
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`python -m polar_standin <command>`: the operator CLI, run as a subprocess against a real
+"""`python -m tools.standin <command>`: the operator CLI, run as a subprocess against a real
 stand-in that delivers its webhooks to a local receiver."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from polar_standin import cli
-from polar_standin.__main__ import _parser
-from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
 from tests.standin.conftest import WEBHOOK_SECRET, WebhookReceiver
 from tests.support.net import free_port
 from tests.support.standin import REPO_ROOT, StandinProcess
+from tools.standin import cli
+from tools.standin.__main__ import _parser
+from tools.standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
 
 CLI_TIMEOUT_SECONDS = 60
 
@@ -63,7 +63,7 @@ def run_cli(
     elif url is not None:
         connection = ["--url", url]
     return subprocess.run(
-        [sys.executable, "-m", "polar_standin", *args, *connection],
+        [sys.executable, "-m", "tools.standin", *args, *connection],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -216,7 +216,7 @@ def test_fault_add_list_clear_changes_what_the_server_does(target: StandinProces
 def test_fault_add_refuses_a_status_the_server_does_not_inject(target: StandinProcess):
     done = run_cli("fault", "add", "events.ingest", "--status", "418", standin=target)
     assert done.returncode == 1
-    assert done.stderr.startswith("polar_standin fault: cannot add a fault: the stand-in answered")
+    assert done.stderr.startswith("tools.standin fault: cannot add a fault: the stand-in answered")
     assert "status must be one of" in done.stderr
     assert target.admin("GET", "/admin/faults") == {"faults": []}
 
@@ -266,7 +266,7 @@ def test_subscription_lifecycle_commands(target: StandinProcess, receiver_for_cl
     assert nothing.returncode == 1
     assert (
         nothing.stderr
-        == "polar_standin update: update needs --product PRODUCT_ID, --seats N or both\n"
+        == "tools.standin update: update needs --product PRODUCT_ID, --seats N or both\n"
     )
 
     canceled = ok("cancel", subscription_id, standin=target)
@@ -298,7 +298,7 @@ def test_subscription_lifecycle_commands(target: StandinProcess, receiver_for_cl
     again = run_cli("uncancel", subscription_id, standin=target)
     assert again.returncode == 1
     assert again.stderr.startswith(
-        "polar_standin uncancel: cannot uncancel a subscription: the stand-in answered 409: "
+        "tools.standin uncancel: cannot uncancel a subscription: the stand-in answered 409: "
     )
 
 
@@ -397,14 +397,14 @@ def test_unreachable_stand_in_is_one_line_and_exit_1():
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert f"no stand-in at {url}: start it with `make run`" in done.stderr
-    assert "python -m polar_standin serve" in done.stderr
+    assert "python -m tools.standin serve" in done.stderr
 
 
 def test_server_errors_are_named(target: StandinProcess):
     done = run_cli("buy", "no-such-customer", standin=target)
     assert done.returncode == 1
     assert done.stderr == (
-        "polar_standin buy: cannot create a paid order: the stand-in answered 404: "
+        "tools.standin buy: cannot create a paid order: the stand-in answered 404: "
         "customer_id and product_id must name existing rows\n"
     )
     wrong = run_cli("fault", "list", standin=target, token="wrong-token")
@@ -444,13 +444,13 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
             _parser().parse_args([*command, "--help"])
         assert exited.value.code == 0
         text = capsys.readouterr().out
-        assert "example:\n  python -m polar_standin " + " ".join(command) in text, command
+        assert "example:\n  python -m tools.standin " + " ".join(command) in text, command
         assert "--url" in text and "--json" in text
 
 
 def test_top_level_help_lists_the_commands():
     done = subprocess.run(
-        [sys.executable, "-m", "polar_standin", "--help"],
+        [sys.executable, "-m", "tools.standin", "--help"],
         cwd=Path(REPO_ROOT),
         capture_output=True,
         text=True,

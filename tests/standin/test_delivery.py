@@ -15,10 +15,10 @@ import standardwebhooks
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10.outputs import ListResourceWebhookDelivery, WebhookDelivery, WebhookEndpoint
 
-from polar_standin.delivery import retry_wait
 from tests.standin.conftest import WEBHOOK_SECRET
 from tests.support.net import free_port
 from tests.support.standin import StandinProcess
+from tools.standin.delivery import retry_wait
 
 FAST = ["--webhook-retry-scale", "0.001"]
 

@@ -34,9 +34,9 @@ from polar.v2026_10.webhooks import (
     validate_event,
 )
 
-from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
 from tests.standin.conftest import WEBHOOK_SECRET, WebhookReceiver
 from tests.support.standin import StandinProcess
+from tools.standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
 
 
 def _uid() -> str:

@@ -21,7 +21,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 
 
 class StandinProcess:
-    """`python -m polar_standin serve` on a free 127.0.0.1 port, stopped by PID."""
+    """`python -m tools.standin serve` on a free 127.0.0.1 port, stopped by PID."""
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class StandinProcess:
                 [
                     sys.executable,
                     "-m",
-                    "polar_standin",
+                    "tools.standin",
                     "serve",
                     "--host",
                     "127.0.0.1",

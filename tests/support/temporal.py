@@ -8,9 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from polar_credits.stack import resolve_program, temporal_command, temporal_healthy
 from tests.support.net import free_port
 from tests.support.processes import stop_process
+from tools.stack import resolve_program, temporal_command, temporal_healthy
 
 
 class TemporalProcess:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from polar_credits.workflows.reconcile import ReconcileWorkflow
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -21,7 +22,6 @@ from polar_credits.reconciliation import (
     Watermark,
     WatermarkInput,
 )
-from workflows.reconcile import ReconcileWorkflow
 
 
 class FakeReconcile:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
+from polar_credits.workflows.recover import RecoverWorkflow
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -40,7 +41,6 @@ from tests.workflows.test_subscription_allowance import (
     tell,
     worker,
 )
-from workflows.recover import RecoverWorkflow
 
 
 class FakeRecover:

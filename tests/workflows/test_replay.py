@@ -12,7 +12,7 @@ from temporalio.worker import Replayer
 
 from polar_credits.codec import data_converter
 from polar_credits.settings import Settings
-from worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
+from polar_credits.worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
 
 WORKFLOWS = [*ORDER_QUEUE_WORKFLOWS, *BUDGET_QUEUE_WORKFLOWS]
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))

@@ -15,6 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from polar_credits.activities.allowance import capped_units, within_max
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -22,7 +27,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.allowance import capped_units, within_max
 from polar_credits import search_attributes as sa
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import (
@@ -36,7 +40,6 @@ from polar_credits.models import (
     SubscriptionObservation,
 )
 from polar_credits.rules import allowance_external_id, decide_allowance_rules, parse_rules
-from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
 
 YEARLY = "product-yearly"
 YEARLY_PRO = "product-yearly-pro"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.api.sdk.v1 import WorkflowMetadata
@@ -40,7 +41,6 @@ from polar_credits.models import (
 from tests.workflows import test_subscription_allowance as allowance
 from tests.workflows.test_order_credits import grant
 from tests.workflows.test_subscription_allowance import _terminate_runs  # noqa: F401 - autouse
-from workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 ORDER_ID = "9a41c0de-0000-4000-8000-000000000001"
 SETTLE = 10.0  # seconds a fake waits to be reached; each is reached in milliseconds

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from polar_standin.clock import now
+from tools.standin.clock import now
 
 FAULT_STATUSES = (404, 422, 429, 500, 502, 503, 504)
 DEFAULT_DETAIL = "Injected by the stand-in"

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import (
+from tools.standin import (
     delivery,
     endpoints,
     lifecycle,
@@ -22,18 +22,18 @@ from polar_standin import (
     ratelimit,
     scopes,
 )
-from polar_standin.clock import Clock, install, iso, now, parse_iso
-from polar_standin.faults import (
+from tools.standin.clock import Clock, install, iso, now, parse_iso
+from tools.standin.faults import (
     Fault,
     FaultBoard,
     apply_fault,
     endpoint_name,
     fault_from_json,
 )
-from polar_standin.ingest import MAX_BODY_BYTES, error, validate_batch
-from polar_standin.seed import seed, sum_filter
-from polar_standin.store import Conflict, Store, UnknownCustomers, new_id
-from polar_standin.webhooks import Dispatcher, WebhookTarget
+from tools.standin.ingest import MAX_BODY_BYTES, error, validate_batch
+from tools.standin.seed import seed, sum_filter
+from tools.standin.store import Conflict, Store, UnknownCustomers, new_id
+from tools.standin.webhooks import Dispatcher, WebhookTarget
 
 log = logging.getLogger("polar_standin")
 

@@ -5,7 +5,7 @@ the merchant's own application keeps ingesting its customers' usage with the sam
 organization. Polar's sandbox allows 100 requests a minute for the whole organization; the
 service's share is POLAR_RATE_LIMIT_PER_MINUTE=60, the merchant's traffic is 25 calls a minute.
 
-1. A private stack with `make run`'s command lines (polar_credits.stack): file-backed Temporal
+1. A private stack with `make run`'s command lines (tools.stack): file-backed Temporal
    dev server, the stand-in with `--preset sandbox` and `--balance-lag 15`, the worker and the
    API, on free 127.0.0.1 ports, in a temporary directory.
 2. The floor of that dev server: N bare workflows (no activities, in-process worker, own task
@@ -20,7 +20,7 @@ service's share is POLAR_RATE_LIMIT_PER_MINUTE=60, the merchant's traffic is 25 
 5. Figures: time until every grant is ingested and every run verified, the service's Polar
    calls by kind (the stand-in's request log minus the merchant's calls counted here), 429s,
    the call floor, runs by status, history sizes, calls per grant.
-6. The same burst against bench/naive.py (ingest inline in the webhook handler, 500 on any
+6. The same burst against tools/bench/naive.py (ingest inline in the webhook handler, 500 on any
    Polar error) with a fresh stand-in; this harness plays Polar's retries for it.
 7. Both side by side with the targets. On the service's side, a failed run, a grant missing
    or doubled, or a burst not finished within --bound prints a loud banner and exits 1 (the
@@ -56,7 +56,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
-from bench.pipeline import (
+from polar_credits import search_attributes as sa
+from tests.support.signing import polar_signed_headers
+from tools.bench.pipeline import (
     RULE_ID,
     Delivery,
     add_output_options,
@@ -71,8 +73,7 @@ from bench.pipeline import (
     run_guarded,
     summary_ms,
 )
-from polar_credits import search_attributes as sa
-from polar_credits.stack import (
+from tools.stack import (
     STANDIN_TOKEN,
     STANDIN_WEBHOOK_SECRET,
     Stack,
@@ -82,9 +83,8 @@ from polar_credits.stack import (
     standin_command,
     start_stack,
 )
-from polar_standin.payloads import webhook_body
-from polar_standin.seed import DEMO_EVENT_NAME, DEMO_PRODUCT_ID
-from tests.support.signing import polar_signed_headers
+from tools.standin.payloads import webhook_body
+from tools.standin.seed import DEMO_EVENT_NAME, DEMO_PRODUCT_ID
 
 # --- The scenario ---------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ HISTORY_SAMPLES = 20
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.burst",
+        prog="python -m tools.bench.burst",
         description="A burst of paid orders under Polar's sandbox rate limit, the service "
         "against a naive inline handler, on private local stacks (make bench).",
     )
@@ -172,7 +172,7 @@ def service_external_id(order_id: str) -> str:
 
 
 def naive_external_id(order_id: str) -> str:
-    return order_id  # bench/naive.py: the order id is the idempotency key
+    return order_id  # tools/bench/naive.py: the order id is the idempotency key
 
 
 def floor_grant_events(orders: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -321,7 +321,7 @@ def start_standin(stack: Stack, config: StackConfig, webhook_url: str) -> None:
 
 def naive_command(port: int) -> list[str]:
     return [
-        "python", "-m", "uvicorn", "--factory", "bench.naive:app_from_env",
+        "python", "-m", "uvicorn", "--factory", "tools.bench.naive:app_from_env",
         "--host", "127.0.0.1",
         "--port", str(port),
         "--no-access-log",
@@ -346,7 +346,7 @@ def stack_config(data_dir: Path) -> StackConfig:
 def service_env(config: StackConfig) -> dict[str, str]:
     env = bench_env(config)
     env.update(
-        STANDIN_PRESET=PRESET,  # read by `python -m polar_standin serve`: make run's command line
+        STANDIN_PRESET=PRESET,  # read by `python -m tools.standin serve`: make run's command line
         POLAR_RATE_LIMIT_PER_MINUTE=str(SERVICE_BUDGET_PER_MINUTE),
         CREDITS_VERIFY_FIRST_CHECK_SECONDS=str(FIRST_CHECK_SECONDS),
     )
@@ -873,7 +873,7 @@ async def naive_side(
     ) as standin:
         await check_rate_limit(standin)
         print(
-            f"[3/3] naive inline handler (bench/naive.py), fresh stand-in: {args.customers} "
+            f"[3/3] naive inline handler (tools/bench/naive.py), fresh stand-in: {args.customers} "
             f"customers, {args.orders} paid orders, then the same burst",
             flush=True,
         )

@@ -1,13 +1,13 @@
-"""The naive inline webhook handler, as Polar's guide shows it: the baseline for bench.burst.
+"""The naive inline webhook handler, as Polar's guide shows it: the baseline for tools.bench.burst.
 
 Verify the Standard Webhooks signature, parse `order.paid`, call `events.ingest` inline with
 one event for the order (its external_id is the order id, so Polar dedupes redeliveries),
 answer 2xx; on any Polar error answer 500, so Polar retries the delivery later. No queue, no
 workflow, no pacing: every delivery is one Polar call, made when the delivery arrives.
 
-Run it (bench.burst does) as its own process:
+Run it (tools.bench.burst does) as its own process:
 
-    python -m uvicorn --factory bench.naive:app_from_env --host 127.0.0.1 --port 8010
+    python -m uvicorn --factory tools.bench.naive:app_from_env --host 127.0.0.1 --port 8010
 
 with POLAR_ACCESS_TOKEN, POLAR_API_URL (host root, e.g. the stand-in) and POLAR_WEBHOOK_SECRET
 set; POLAR_TIMEOUT_SECONDS (default 5, polar-sdk's) bounds one Polar call.
@@ -24,9 +24,8 @@ from fastapi.responses import JSONResponse
 from polar.base import PolarDeserializationError, deserialize
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10.webhooks import WebhookOrderPaidPayload
+from polar_credits.api.webhooks import polar_verifier
 from standardwebhooks.webhooks import WebhookVerificationError
-
-from api.webhooks import polar_verifier
 
 log = logging.getLogger("bench.naive")
 

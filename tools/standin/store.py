@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from polar_standin import metering
-from polar_standin.clock import iso, now
+from tools.standin import metering
+from tools.standin.clock import iso, now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (

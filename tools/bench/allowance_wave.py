@@ -7,7 +7,7 @@ due at once. The claim measured: the grants of such a wave go through the worker
 to Polar batched and paced (a small fraction of a call per grant, no 429 storm, never more
 than the service's share in any minute), and each period is granted exactly once.
 
-1. A private stack with `make run`'s command lines (polar_credits.stack): file-backed Temporal
+1. A private stack with `make run`'s command lines (tools.stack): file-backed Temporal
    dev server, the stand-in with `--preset sandbox` (100 calls a minute for the organization),
    the worker with POLAR_RATE_LIMIT_PER_MINUTE=60, the API, on free 127.0.0.1 ports, in a
    temporary directory. Its rules file holds one rule: a monthly allowance on a yearly
@@ -57,12 +57,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.burst import (
+from polar_credits import search_attributes as sa
+from polar_credits.cadence import Cadence, parse_cadence
+from polar_credits.models import AllowanceState
+from polar_credits.rules import allowance_external_id
+from tools.bench.burst import (
     CLOSED_STATUSES,
     ORG_LIMIT_PER_MINUTE,
     PRESET,
@@ -81,7 +89,7 @@ from bench.burst import (
     stats,
     subtract,
 )
-from bench.pipeline import (
+from tools.bench.pipeline import (
     add_output_options,
     admin,
     bench_config,
@@ -92,19 +100,14 @@ from bench.pipeline import (
     percentile,
     run_guarded,
 )
-from polar_credits import search_attributes as sa
-from polar_credits.cadence import Cadence, parse_cadence
-from polar_credits.models import AllowanceState
-from polar_credits.rules import allowance_external_id
-from polar_credits.stack import (
+from tools.stack import (
     STANDIN_TOKEN,
     Stack,
     StackConfig,
     StackError,
     start_stack,
 )
-from polar_standin.payloads import webhook_body
-from workflows.subscription_allowance import SubscriptionAllowanceWorkflow, allowance_workflow_id
+from tools.standin.payloads import webhook_body
 
 # --- The scenario ---------------------------------------------------------------------------
 
@@ -146,7 +149,7 @@ STATE_SAMPLES = 20
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.allowance_wave",
+        prog="python -m tools.bench.allowance_wave",
         description="A month-start wave of allowance grants (rules with every) under Polar's "
         "sandbox rate limit, on a private local stack.",
     )
@@ -255,7 +258,7 @@ def subscription_snapshot(
 
 
 def rules_toml(meter_id: str, product_id: str) -> str:
-    return f"""# bench/allowance_wave.py: one monthly allowance on a yearly product.
+    return f"""# tools/bench/allowance_wave.py: one monthly allowance on a yearly product.
 [meters.{METER_KEY}]
 id = "{meter_id}"
 event_name = "{EVENT_NAME}"
@@ -430,7 +433,7 @@ def stack_config(data_dir: Path) -> StackConfig:
 def service_env(config: StackConfig, rules_file: Path) -> dict[str, str]:
     env = bench_env(config)
     env.update(
-        STANDIN_PRESET=PRESET,  # read by `python -m polar_standin serve`: make run's command line
+        STANDIN_PRESET=PRESET,  # read by `python -m tools.standin serve`: make run's command line
         POLAR_RATE_LIMIT_PER_MINUTE=str(SERVICE_BUDGET_PER_MINUTE),
         CREDITS_RULES_FILE=str(rules_file),
     )

@@ -13,7 +13,7 @@ from collections import deque
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin.seed import ORGANIZATION_ID
+from tools.standin.seed import ORGANIZATION_ID
 
 PRESETS = {"sandbox": 100, "production": 500}
 DEFAULT_PER_MINUTE = PRESETS["production"]

@@ -101,7 +101,7 @@ def standin_command(
     balance_lag: int = STANDIN_BALANCE_LAG_SECONDS,
 ) -> list[str]:
     return [
-        "python", "-m", "polar_standin", "serve",
+        "python", "-m", "tools.standin", "serve",
         "--host", host,
         "--port", str(port),
         "--db", str(db_path),
@@ -579,7 +579,7 @@ def demo_command(config: StackConfig) -> str:
     if defaults:
         return "make demo"
     return (
-        f"{display_path(Path(sys.executable))} -m polar_credits.demo --api {config.api_url} "
+        f"{display_path(Path(sys.executable))} -m tools.demo --api {config.api_url} "
         f"--standin {config.standin_url} --temporal {config.temporal_address} "
         f"--namespace {config.namespace}"
     )

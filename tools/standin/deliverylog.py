@@ -10,8 +10,8 @@ import sqlite3
 import uuid
 from typing import Any
 
-from polar_standin.clock import now, parse_iso
-from polar_standin.store import Store, new_id
+from tools.standin.clock import now, parse_iso
+from tools.standin.store import Store, new_id
 
 # The stand-in has one endpoint (the configured target): a stable id across restarts.
 ENDPOINT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "polar-standin/webhook-endpoint"))

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from polar_standin.clock import now, wall
-from polar_standin.payloads import webhook_body
+from tools.standin.clock import now, wall
+from tools.standin.payloads import webhook_body
 
 DELIVERY_TIMEOUT_SECONDS = 10.0
 
@@ -84,7 +84,7 @@ async def deliver(
 class Dispatcher:
     """The one way the stand-in emits a webhook event: domain code says *what* happened,
     the dispatcher decides how it reaches the endpoint. With a delivery engine attached
-    (polar_standin.delivery) that means stored events, retries, disabling and the log."""
+    (tools.standin.delivery) that means stored events, retries, disabling and the log."""
 
     def __init__(self, target: WebhookTarget) -> None:
         self.engine: Any = None

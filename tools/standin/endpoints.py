@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin.clock import iso, now
-from polar_standin.ingest import error
-from polar_standin.seed import ORGANIZATION_ID
-from polar_standin.store import Store, new_id
+from tools.standin.clock import iso, now
+from tools.standin.ingest import error
+from tools.standin.seed import ORGANIZATION_ID
+from tools.standin.store import Store, new_id
 
 API_VERSIONS = ("2026-04", "2026-10")
 FORMATS = ("raw", "discord", "slack")

@@ -1,4 +1,4 @@
-"""Command line: `python -m polar_standin serve` runs the local Polar stand-in."""
+"""Command line: `python -m tools.standin serve` runs the local Polar stand-in."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import logging
 import os
 import sys
 
-from polar_standin import cli
+from tools.standin import cli
 
 
 def _parser() -> argparse.ArgumentParser:
-    from polar_standin import options  # imports the server (FastAPI): only `serve` needs it
+    from tools.standin import options  # imports the server (FastAPI): only `serve` needs it
 
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m polar_standin")
+    parser = argparse.ArgumentParser(prog="python -m tools.standin")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the stand-in HTTP server")
     serve.add_argument("--host", default=env("STANDIN_HOST", "127.0.0.1"))
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cli.main(argv))
     import uvicorn
 
-    from polar_standin import options
-    from polar_standin.app import StandinConfig, create_app
+    from tools.standin import options
+    from tools.standin.app import StandinConfig, create_app
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from polar_standin.clock import now, parse_iso
+from tools.standin.clock import now, parse_iso
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_METADATA_PAIRS = 50

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from bench.pipeline import free_ports, percentile
-from polar_credits.stack import resolve_program, temporal_command
+from tools.bench.pipeline import free_ports, percentile
+from tools.stack import resolve_program, temporal_command
 
 
 async def connect(address: str, bound: float = 60.0) -> Client:
@@ -49,7 +49,7 @@ async def measure(address: str, rate: float, count: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.start_floor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.start_floor", description=__doc__)
     parser.add_argument("--rate", type=float, default=20.0, help="starts per second (20)")
     parser.add_argument("--count", type=int, default=1200, help="starts in all (1200)")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Drive a running stand-in by hand: `python -m polar_standin <command> --help`.
+"""Drive a running stand-in by hand: `python -m tools.standin <command> --help`.
 
 Every command is one or two HTTP calls to the stand-in's admin surface or Polar API, with the
 stand-in's bearer token. Output is short lines, ids first so they can be copied; `--json`
@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 
-from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
+from tools.standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID
 
 DEFAULT_URL = "http://127.0.0.1:8900"
 DEFAULT_TOKEN = "polar_standin_dev_token"
 TIMEOUT_SECONDS = 30.0
 PAGE_LIMIT = 100
 STATUS_DEFAULT = -1  # fault add without --status: 503, or none for a latency/hang/drop fault
-RUN = "python -m polar_standin"
+RUN = "python -m tools.standin"
 ENDPOINT_NAMES = (
     "events.ingest, events.list, customer_meters.list, customer_meters.get, customers.list, "
     "customers.get, meters.get, products.get, orders.list, subscriptions.list"
@@ -638,7 +638,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915 - one table
-    """Adds the operator commands to `python -m polar_standin`'s subcommands."""
+    """Adds the operator commands to `python -m tools.standin`'s subcommands."""
     commands.metavar = "COMMAND"
     common = _common()
 
@@ -973,7 +973,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         args.handler(standin, args)
     except CliError as e:
-        print(f"polar_standin {args.command}: {e}", file=sys.stderr)
+        print(f"tools.standin {args.command}: {e}", file=sys.stderr)
         return 1
     finally:
         standin.http.close()
@@ -987,7 +987,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 
 
 def is_command(name: str) -> bool:
-    """Whether `python -m polar_standin NAME ...` is one of this module's commands."""
+    """Whether `python -m tools.standin NAME ...` is one of this module's commands."""
     for action in _cli_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             return name in action.choices

@@ -5,7 +5,7 @@ Seeding is idempotent: rows that already exist are left as they are.
 
 from __future__ import annotations
 
-from polar_standin.store import Store
+from tools.standin.store import Store
 
 ORGANIZATION_ID = "0b1f5e6a-0000-4000-8000-000000000001"
 DEMO_METER_ID = "0b1f5e6a-0000-4000-8000-00000000a001"

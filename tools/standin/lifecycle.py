@@ -14,10 +14,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import payloads
-from polar_standin.billing import Billing, Impossible, Outcome
-from polar_standin.clock import Clock, iso, parse_iso
-from polar_standin.store import NotFound
+from tools.standin import payloads
+from tools.standin.billing import Billing, Impossible, Outcome
+from tools.standin.clock import Clock, iso, parse_iso
+from tools.standin.store import NotFound
 
 log = logging.getLogger("polar_standin")
 router = APIRouter()

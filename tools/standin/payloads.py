@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from polar_standin.clock import iso
-from polar_standin.seed import ORGANIZATION_ID
+from tools.standin.clock import iso
+from tools.standin.seed import ORGANIZATION_ID
 
 
 def _opt_iso(ts: float | None) -> str | None:

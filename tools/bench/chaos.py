@@ -1,6 +1,6 @@
 """`make chaos`: N orders through the real API while everything that can go wrong does.
 
-Starts a private stack with `make run`'s command lines (polar_credits.stack), on free
+Starts a private stack with `make run`'s command lines (tools.stack), on free
 127.0.0.1 ports in a temporary directory, with:
 
 - the stand-in at Polar's sandbox preset (100 requests/min), a short balance lag, and the
@@ -55,7 +55,9 @@ import httpx
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bench.pipeline import (
+from polar_credits import search_attributes as sa
+from tests.support.signing import polar_signed_headers
+from tools.bench.pipeline import (
     RULE_ID,
     Delivery,
     Orders,
@@ -69,8 +71,7 @@ from bench.pipeline import (
     post,
     standin_order_templates,
 )
-from polar_credits import search_attributes as sa
-from polar_credits.stack import (
+from tools.stack import (
     STANDIN_TOKEN,
     STANDIN_WEBHOOK_SECRET,
     Child,
@@ -82,7 +83,6 @@ from polar_credits.stack import (
     temporal_healthy,
     worker_command,
 )
-from tests.support.signing import polar_signed_headers
 
 ORDER_WORKFLOW = "OrderCreditsWorkflow"
 ORDER_RUNS = f"WorkflowType = '{ORDER_WORKFLOW}'"
@@ -177,7 +177,7 @@ SHARES = ("duplicate_share", "poisoned_share", "error_rate", "hang_rate", "lost_
 def parse_args(argv: list[str] | None = None) -> ChaosOptions:
     defaults = ChaosOptions()
     parser = argparse.ArgumentParser(
-        prog="python -m bench.chaos",
+        prog="python -m tools.bench.chaos",
         description="Chaos run on a private local stack: orders through Polar faults, worker "
         "kills and a Temporal restart; checks that each order is granted exactly once.",
     )
@@ -1082,7 +1082,7 @@ def loud(title: str, details: list[str]) -> str:
 def chaos_env(opts: ChaosOptions, config: StackConfig) -> dict[str, str]:
     env = bench_env(config)
     env.update(
-        STANDIN_PRESET="sandbox",  # read by `python -m polar_standin serve`
+        STANDIN_PRESET="sandbox",  # read by `python -m tools.standin serve`
         POLAR_RATE_LIMIT_PER_MINUTE=str(opts.rate_limit_share),
         POLAR_TIMEOUT_SECONDS=f"{opts.polar_timeout:g}",
         CREDITS_VERIFY_FIRST_CHECK_SECONDS=f"{opts.verify_first_check:g}",

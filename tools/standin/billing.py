@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from polar_standin import payloads
-from polar_standin.clock import Clock
-from polar_standin.periods import shift
-from polar_standin.store import NotFound, Store
+from tools.standin import payloads
+from tools.standin.clock import Clock
+from tools.standin.periods import shift
+from tools.standin.store import NotFound, Store
 
 
 class Impossible(Exception):

@@ -18,11 +18,11 @@ import httpx
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from polar_standin import endpoints, payloads
-from polar_standin.clock import iso, now, wall
-from polar_standin.deliverylog import ENDPOINT_ID, DeliveryLog
-from polar_standin.seed import ORGANIZATION_ID
-from polar_standin.webhooks import Dispatcher, deliver, new_webhook_id
+from tools.standin import endpoints, payloads
+from tools.standin.clock import iso, now, wall
+from tools.standin.deliverylog import ENDPOINT_ID, DeliveryLog
+from tools.standin.seed import ORGANIZATION_ID
+from tools.standin.webhooks import Dispatcher, deliver, new_webhook_id
 
 log = logging.getLogger("polar_standin.delivery")
 

@@ -1,7 +1,7 @@
 """`make bench`: the webhook pipeline measured end to end on this machine.
 
 Starts its own stack exactly as `make run` does (same command lines and environment, from
-polar_credits.stack), but on free 127.0.0.1 ports, in a temporary data directory, with the
+tools.stack), but on free 127.0.0.1 ports, in a temporary data directory, with the
 stand-in's balance lag at 0. Then it measures:
 
 1. webhook acknowledgement latency, open loop at --rate deliveries/s for --duration s;
@@ -41,7 +41,8 @@ import psutil
 from temporalio.client import Client
 
 from polar_credits.settings import Settings
-from polar_credits.stack import (
+from tests.support.signing import polar_signed_headers
+from tools.stack import (
     LOCAL_HOST,
     STANDIN_TOKEN,
     STANDIN_WEBHOOK_SECRET,
@@ -53,9 +54,8 @@ from polar_credits.stack import (
     resolve_program,
     start_stack,
 )
-from polar_standin.payloads import webhook_body
-from polar_standin.seed import DEMO_PRODUCT_ID
-from tests.support.signing import polar_signed_headers
+from tools.standin.payloads import webhook_body
+from tools.standin.seed import DEMO_PRODUCT_ID
 
 # Targets from the issue.
 ACK_P99_TARGET_MS = 20.0
@@ -81,7 +81,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.pipeline",
+        prog="python -m tools.bench.pipeline",
         description="Benchmark the webhook pipeline on a private local stack (make bench).",
     )
     parser.add_argument(
@@ -258,7 +258,7 @@ def bench_env(config: StackConfig) -> dict[str, str]:
     # Reconciliation off: the benchmarks post made-up orders whose bodies are copied from real
     # stand-in orders that are never delivered, so a reconciliation run would (rightly) credit
     # those templates too, at whichever 10-minute mark falls inside the run. The benchmarks
-    # measure the webhook path; tests/e2e/test_reconcile.py and bench.backfill cover the rest.
+    # measure the webhook path; tests/e2e/test_reconcile.py and tools.bench.backfill cover the rest.
     base["CREDITS_RECONCILE_INTERVAL_SECONDS"] = "0"
     # Defaults only (no environment read): the stand-in and the demo rules file.
     return child_env(Settings.model_construct(), config, base)

@@ -18,19 +18,19 @@ from temporalio.client import WorkflowFailureError
 
 from polar_credits.models import OrderCreditsState
 from polar_credits.settings import SettingsError, load_settings
-from polar_credits.stack import (
-    STANDIN_TOKEN,
-    default_api_url,
-    default_standin_url,
-    default_temporal_address,
-)
 from polar_credits.temporal_client import (
     TemporalUnreachable,
     connect_temporal,
     dev_server_env,
     resolve_temporal,
 )
-from polar_standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_PRODUCT_NAME
+from tools.stack import (
+    STANDIN_TOKEN,
+    default_api_url,
+    default_standin_url,
+    default_temporal_address,
+)
+from tools.standin.seed import DEMO_METER_ID, DEMO_PRODUCT_ID, DEMO_PRODUCT_NAME
 
 RESULT_TIMEOUT_SECONDS = 180.0
 
@@ -41,7 +41,7 @@ class DemoError(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m polar_credits.demo",
+        prog="python -m tools.demo",
         description="Simulate a purchase against the local stack started by `make run`.",
     )
     parser.add_argument("--api", default=default_api_url(), help="API base URL (%(default)s)")

@@ -6,9 +6,9 @@ import argparse
 import os
 from typing import Any
 
-from polar_standin import scopes
-from polar_standin.faults import startup_faults
-from polar_standin.ratelimit import PRESETS
+from tools.standin import scopes
+from tools.standin.faults import startup_faults
+from tools.standin.ratelimit import PRESETS
 
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:

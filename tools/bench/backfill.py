@@ -1,10 +1,10 @@
 """A backfill of many customers under Polar's sandbox rate limit, surviving a worker SIGKILL.
 
-1. A private stack with `make run`'s command lines (polar_credits.stack): file-backed Temporal
+1. A private stack with `make run`'s command lines (tools.stack): file-backed Temporal
    dev server, the stand-in with `--preset sandbox` (100 calls a minute for the organization),
    the worker with POLAR_RATE_LIMIT_PER_MINUTE=60, the API with an operator token, on free
    127.0.0.1 ports, in a temporary directory. Reconciliation is off, as in every benchmark
-   (bench.pipeline.bench_env): its listings would share the budget and blur the figures.
+   (tools.bench.pipeline.bench_env): its listings would share the budget and blur the figures.
 2. N customers, each with an active subscription to one product, made through the stand-in's
    admin API (no Polar call, no webhook).
 3. `POST /backfills` for that product. Once about half the customers are granted, the worker
@@ -16,7 +16,7 @@
    the service's Polar calls in any 60 s never exceed its share (60), counted from the
    stand-in's own request log.
 
-`python -m bench.backfill [--customers 5000]`; exit status 1 and a loud banner on any miss.
+`python -m tools.bench.backfill [--customers 5000]`; exit status 1 and a loud banner on any miss.
 The smaller run in `make test` (tests/e2e/test_backfill_scale.py) runs the same scenario.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import httpx
 
-from bench.burst import ORG_LIMIT_PER_MINUTE, PRESET, SERVICE_BUDGET_PER_MINUTE
-from bench.pipeline import (
+from tools.bench.burst import ORG_LIMIT_PER_MINUTE, PRESET, SERVICE_BUDGET_PER_MINUTE
+from tools.bench.pipeline import (
     add_output_options,
     admin,
     bench_config,
@@ -49,7 +49,7 @@ from bench.pipeline import (
     peak_in_window,
     run_guarded,
 )
-from polar_credits.stack import (
+from tools.stack import (
     STANDIN_TOKEN,
     Stack,
     StackConfig,
@@ -342,7 +342,7 @@ def report(outcome: Outcome) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.backfill", description=__doc__)
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--bound", type=float, default=900.0, help="seconds the backfill may take")
     add_output_options(parser)
