@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import PolarGateway
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from polar_credits.activities.credits import heartbeating
+from polar_credits.activities.gateway import PolarGateway
 from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.logsafe import shown
 from polar_credits.models import (

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import IngestOutcome, PolarGateway
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from polar_credits.activities.credits import heartbeating
+from polar_credits.activities.gateway import IngestOutcome, PolarGateway
 from polar_credits.backfills import (
     MAX_CUSTOMER_ID_CHARS,
     BackfillPageInput,

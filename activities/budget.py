@@ -11,6 +11,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+
+from polar_credits import ui_summaries as ui
 from polar_credits.workflows.polar_budget import (
     BudgetState,
     Permit,
@@ -20,10 +24,6 @@ from polar_credits.workflows.polar_budget import (
     budget_task_queue,
     budget_workflow_id,
 )
-from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
-
-from polar_credits import ui_summaries as ui
 
 log = logging.getLogger("polar_credits.budget")
 

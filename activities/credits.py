@@ -14,11 +14,11 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
 from polar_credits.decision import explain_order
 from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import shown

@@ -8,11 +8,6 @@ Retrying the activity is safe: the ledger counts a grant's reservation once.
 
 from __future__ import annotations
 
-from polar_credits.workflows.customer_ledger import (
-    CustomerLedgerWorkflow,
-    ledger_workflow_id,
-    reservation_slot,
-)
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import (
@@ -26,6 +21,11 @@ from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.decision import cap_outcome
 from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
+from polar_credits.workflows.customer_ledger import (
+    CustomerLedgerWorkflow,
+    ledger_workflow_id,
+    reservation_slot,
+)
 
 
 class LedgerActivities:

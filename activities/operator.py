@@ -4,11 +4,11 @@ and its compensating events. Every Polar call goes through the gateway.
 
 from __future__ import annotations
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import PolarGateway
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from polar_credits.activities.credits import heartbeating
+from polar_credits.activities.gateway import PolarGateway
 from polar_credits.logsafe import shown
 from polar_credits.models import IngestResult
 from polar_credits.operator_grants import (

@@ -11,10 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import PolarGateway
-from polar_credits.activities.recover import tell_running
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import Client
@@ -23,6 +19,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
+from polar_credits.activities.credits import heartbeating
+from polar_credits.activities.gateway import PolarGateway
+from polar_credits.activities.recover import tell_running
 from polar_credits.logsafe import shown
 from polar_credits.models import (
     OrderCreditsInput,
@@ -39,6 +38,7 @@ from polar_credits.reconciliation import (
     WatermarkInput,
 )
 from polar_credits.rules import RulesFile
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 log = logging.getLogger("polar_credits.reconcile")
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import PolarGateway
-from polar_credits.api.allowances import steer_allowance
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import ui_summaries as ui
+from polar_credits.activities.credits import heartbeating
+from polar_credits.activities.gateway import PolarGateway
+from polar_credits.api.allowances import steer_allowance
 from polar_credits.logsafe import shown
 from polar_credits.models import SubscriptionObservation
 from polar_credits.orders import PolarSubscription, subscription_facts
@@ -36,6 +32,10 @@ from polar_credits.recovery import (
     RecoverSubscriptionsResult,
 )
 from polar_credits.rules import RulesFile
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 
 log = logging.getLogger("polar_credits.recover")
 

@@ -6,7 +6,6 @@ import sys
 
 from polar_credits.api.app import create_app
 from polar_credits.api.server import serve
-
 from polar_credits.logsafe import configure_logging
 from polar_credits.rules import RulesError
 from polar_credits.settings import SettingsError, load_settings

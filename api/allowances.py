@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -27,6 +23,10 @@ from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 
 log = logging.getLogger("polar_credits.api")
 

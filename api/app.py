@@ -12,14 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+from temporalio.client import Client
+
 from polar_credits.api import codec, health, metrics, webhooks
 from polar_credits.api.metrics import Metrics
 from polar_credits.api.operator import backfills, grants, reconcile
 from polar_credits.api.operator.rules import router as rules_router
 from polar_credits.api.problems import validation_problem
-from starlette.staticfiles import StaticFiles
-from temporalio.client import Client
-
 from polar_credits.codec import payload_codec
 from polar_credits.operators import load_operator_tokens
 from polar_credits.rules import load_rules

@@ -20,12 +20,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from google.protobuf import json_format
-from polar_credits.api.operator.auth import OPERATOR
-from polar_credits.api.payloads import BodyTimeout, BodyTooLarge, read_capped_body
-from polar_credits.api.problems import Problem
 from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import Payload, Payloads
 
+from polar_credits.api.operator.auth import OPERATOR
+from polar_credits.api.payloads import BodyTimeout, BodyTooLarge, read_capped_body
+from polar_credits.api.problems import Problem
 from polar_credits.codec import EncryptionCodec, PayloadDecryptionError
 from polar_credits.settings import Settings
 

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from polar_credits.api.dependencies import TemporalDep
 from pydantic import BaseModel
+
+from polar_credits.api.dependencies import TemporalDep
 
 router = APIRouter(tags=["health"])
 

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from polar.v2026_10.literals import WebhookEventType
-from polar_credits.api.server import SLOW_CLIENTS_CLOSED
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from polar_credits.api.server import SLOW_CLIENTS_CLOSED
 
 # Without this, every counter gets a `_created` twin that nobody alerts on.
 prometheus_client.disable_created_metrics()

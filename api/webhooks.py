@@ -21,6 +21,15 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.requests import ClientDisconnect
+from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from polar_credits import search_attributes as sa
+from polar_credits import ui_summaries as ui
 from polar_credits.api.allowances import (
     AllowanceUnavailable,
     Delivery,
@@ -37,16 +46,6 @@ from polar_credits.api.payloads import (
     read_capped_body,
 )
 from polar_credits.api.problems import Problem
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
-from pydantic import BaseModel, ValidationError
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from starlette.requests import ClientDisconnect
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
-
-from polar_credits import search_attributes as sa
-from polar_credits import ui_summaries as ui
 from polar_credits.logsafe import shown
 from polar_credits.models import (
     OrderCreditsInput,
@@ -62,6 +61,7 @@ from polar_credits.orders import (
     subscription_facts,
 )
 from polar_credits.settings import Settings
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 
 log = logging.getLogger("polar_credits.api")
 router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)

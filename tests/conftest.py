@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from polar.v2026_10 import PolarAsync
-from polar_credits.activities.gateway import PolarGateway
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes
+from polar_credits.activities.gateway import PolarGateway
 from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
 from polar_credits.rules import RulesFile, load_rules
 from polar_credits.settings import Settings

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from polar_credits.activities.allowance import capped_units
 
+from polar_credits.activities.allowance import capped_units
 from polar_credits.models import AllowanceGrant, AllowanceRule
 
 READ_AT = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)  # the balance's modified_at

@@ -12,8 +12,8 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 import uvicorn
-from polar_credits.api.app import create_app
 
+from polar_credits.api.app import create_app
 from polar_credits.settings import Settings
 from tests.support.net import free_port
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from polar_credits.activities.credits import FIRST_ORDER_PAGE, CreditActivities
 from polar_credits.activities.gateway import OrderStamp
-
 from polar_credits.models import FirstOrderInput
 from polar_credits.rules import parse_rules
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from polar_credits.activities.recover import recovered_observation
 
+from polar_credits.activities.recover import recovered_observation
 from polar_credits.cli.base import ExitCode
 from polar_credits.cli.recover import parse_duration
 from polar_credits.orders import PolarSubscription

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import TEST_RULES, credit_pack_order
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT

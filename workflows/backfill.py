@@ -15,9 +15,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.backfill import BackfillActivities
-
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.backfill import BackfillActivities
     from polar_credits.backfills import (
         BackfillInput,
         BackfillPageInput,

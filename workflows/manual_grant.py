@@ -11,12 +11,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.operator import OperatorActivities
-    from polar_credits.workflows.order_credits import INGEST_RETRY, INGEST_TIMEOUT
-    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
-
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.operator import OperatorActivities
     from polar_credits.models import (
         CreditStatus,
         MeterGrant,
@@ -29,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
         ManualGrantState,
         manual_grant_external_id,
     )
+    from polar_credits.workflows.order_credits import INGEST_RETRY, INGEST_TIMEOUT
+    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 
 @workflow.defn

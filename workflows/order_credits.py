@@ -14,12 +14,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.credits import CreditActivities
-    from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
-
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.credits import CreditActivities
+    from polar_credits.activities.ledger import LedgerActivities
     from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.logsafe import shown
     from polar_credits.models import (
@@ -44,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held
+    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.

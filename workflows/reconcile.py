@@ -16,9 +16,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.reconcile import ReconcileActivities
-
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.reconcile import ReconcileActivities
     from polar_credits.reconciliation import (
         MAX_REPAIRED_KEPT,
         REPAIRED_MEMO,

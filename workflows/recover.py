@@ -19,13 +19,12 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from polar_credits import ui_summaries as ui
     from polar_credits.activities.reconcile import ReconcileActivities
     from polar_credits.activities.recover import RecoverActivities
-    from polar_credits.workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
-
-    from polar_credits import ui_summaries as ui
     from polar_credits.reconciliation import ReconcilePageInput
     from polar_credits.recovery import RecoverInput, RecoverResult, RecoverSubscriptionsInput
+    from polar_credits.workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
 
 
 @workflow.defn

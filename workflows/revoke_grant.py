@@ -16,15 +16,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.operator import BALANCE_UNREADABLE, OperatorActivities
-    from polar_credits.workflows.order_credits import (
-        HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
-        INGEST_TIMEOUT,
-    )
-
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.operator import BALANCE_UNREADABLE, OperatorActivities
     from polar_credits.models import PolarErrorType
     from polar_credits.operator_grants import (
         BalanceReadInput,
@@ -33,6 +27,11 @@ with workflow.unsafe.imports_passed_through():
         RevokeState,
         RevokeStatus,
         plan_revoke,
+    )
+    from polar_credits.workflows.order_credits import (
+        HEARTBEAT_TIMEOUT,
+        INGEST_RETRY,
+        INGEST_TIMEOUT,
     )
 
 # A revoke waits on an operator: a few tries, then a clear failure rather than a guess.

@@ -13,10 +13,9 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-
-    from polar_credits import ui_summaries as ui
     from polar_credits.decision import apply_caps, cap_reservations
     from polar_credits.models import (
         DecideOrderInput,

@@ -24,16 +24,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.allowance import AllowanceActivities
-    from polar_credits.workflows.order_credits import (
-        ACTIVITY_TIMEOUT,
-        HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
-        INGEST_TIMEOUT,
-    )
-
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.allowance import AllowanceActivities
     from polar_credits.cadence import Cadence, parse_cadence
     from polar_credits.logsafe import shown
     from polar_credits.models import (
@@ -50,6 +43,12 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held, count_refused
+    from polar_credits.workflows.order_credits import (
+        ACTIVITY_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        INGEST_RETRY,
+        INGEST_TIMEOUT,
+    )
 
 # Statuses in which a due period is granted; others hold it (past_due, incomplete) or end
 # the run (ENDED_STATUSES). A paused subscription's periods are skipped, not made up.

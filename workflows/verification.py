@@ -11,9 +11,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from polar_credits.activities.credits import CreditActivities
-
     from polar_credits import ui_summaries as ui
+    from polar_credits.activities.credits import CreditActivities
     from polar_credits.models import (
         MeterGrant,
         MeterVerification,

@@ -15,14 +15,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
-from polar_credits.api.dependencies import SettingsDep, TemporalDep
-from polar_credits.api.operator.auth import OPERATOR, WriterDep
-from polar_credits.api.operator.grants import ID_VALUE
-from polar_credits.api.operator.route import OperatorRoute
-from polar_credits.api.operator.temporal_errors import check_input_size, temporal_error
-from polar_credits.api.problems import Problem
-from polar_credits.api.webhooks import workflow_ui_url
-from polar_credits.workflows.backfill import BackfillWorkflow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
@@ -30,6 +22,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import ui_summaries as ui
+from polar_credits.api.dependencies import SettingsDep, TemporalDep
+from polar_credits.api.operator.auth import OPERATOR, WriterDep
+from polar_credits.api.operator.grants import ID_VALUE
+from polar_credits.api.operator.route import OperatorRoute
+from polar_credits.api.operator.temporal_errors import check_input_size, temporal_error
+from polar_credits.api.problems import Problem
+from polar_credits.api.webhooks import workflow_ui_url
 from polar_credits.backfills import (
     BACKFILL_KEY,
     MAX_CUSTOMER_ID_CHARS,
@@ -45,6 +44,7 @@ from polar_credits.backfills import (
 from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
+from polar_credits.workflows.backfill import BackfillWorkflow
 
 router = APIRouter(
     prefix="/backfills", tags=["backfills"], dependencies=[OPERATOR], route_class=OperatorRoute

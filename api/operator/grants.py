@@ -17,16 +17,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import JSONResponse
-from polar_credits.api.dependencies import SettingsDep, TemporalDep
-from polar_credits.api.operator.auth import OPERATOR, WriterDep
-from polar_credits.api.operator.page_tokens import PageTokenError, page_key, seal, unseal
-from polar_credits.api.operator.route import OperatorRoute
-from polar_credits.api.operator.temporal_errors import temporal_error
-from polar_credits.api.problems import Problem
-from polar_credits.api.webhooks import workflow_ui_url
-from polar_credits.workflows.manual_grant import ManualGrantWorkflow
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
-from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from temporalio.client import (
     Client,
@@ -45,6 +35,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
+from polar_credits.api.dependencies import SettingsDep, TemporalDep
+from polar_credits.api.operator.auth import OPERATOR, WriterDep
+from polar_credits.api.operator.page_tokens import PageTokenError, page_key, seal, unseal
+from polar_credits.api.operator.route import OperatorRoute
+from polar_credits.api.operator.temporal_errors import temporal_error
+from polar_credits.api.problems import Problem
+from polar_credits.api.webhooks import workflow_ui_url
 from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.moments import to_utc
@@ -64,6 +61,9 @@ from polar_credits.operator_grants import (
 )
 from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
+from polar_credits.workflows.manual_grant import ManualGrantWorkflow
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 
 router = APIRouter(tags=["grants"], dependencies=[OPERATOR], route_class=OperatorRoute)
 

@@ -12,20 +12,20 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.operator.auth import OPERATOR, WriterDep
 from polar_credits.api.operator.route import OperatorRoute
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
-from polar_credits.workflows.reconcile import ReconcileWorkflow
-from pydantic import BaseModel, Field
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
-
 from polar_credits.operators import started_by
 from polar_credits.reconcile_schedule import start_reconcile_now
 from polar_credits.reconciliation import RUN_ID_PREFIX
+from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 router = APIRouter(
     prefix="/reconcile", tags=["reconciliation"], dependencies=[OPERATOR], route_class=OperatorRoute

@@ -19,6 +19,8 @@ from typing import Any
 from fastapi import HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
+
 from polar_credits.api.operator.auth import check_writer, operator_from_headers, require_writer
 from polar_credits.api.payloads import (
     BadPayload,
@@ -28,7 +30,6 @@ from polar_credits.api.payloads import (
     read_capped_body,
 )
 from polar_credits.api.problems import Problem
-from starlette.requests import ClientDisconnect
 
 # The largest operator body: a rules preview takes a whole Polar order, which the webhook
 # caps at 1 MiB too; a backfill's 10,000 customer ids fit well within it.

@@ -12,13 +12,6 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request, status
-from polar_credits.api.dependencies import SettingsDep, TemporalDep
-from polar_credits.api.operator.auth import OPERATOR
-from polar_credits.api.operator.grants import ID_VALUE
-from polar_credits.api.operator.route import OperatorRoute
-from polar_credits.api.operator.temporal_errors import temporal_error
-from polar_credits.api.problems import Problem
-from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -26,9 +19,16 @@ from temporalio.exceptions import TimeoutError as TemporalTimeout
 from temporalio.service import RPCError
 
 from polar_credits import ui_summaries as ui
+from polar_credits.api.dependencies import SettingsDep, TemporalDep
+from polar_credits.api.operator.auth import OPERATOR
+from polar_credits.api.operator.grants import ID_VALUE
+from polar_credits.api.operator.route import OperatorRoute
+from polar_credits.api.operator.temporal_errors import temporal_error
+from polar_credits.api.problems import Problem
 from polar_credits.decision import describe
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
 from polar_credits.orders import PaidOrder, order_facts
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 
 # A preview grants nothing and reserves nothing: a read token may ask for one.
 router = APIRouter(

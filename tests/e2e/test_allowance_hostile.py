@@ -19,10 +19,10 @@ import uuid
 
 import httpx
 import pytest
-from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.api.enums.v1 import EventType
 
 from polar_credits.grant_limit import MAX_GRANT_UNITS
+from polar_credits.workflows.order_credits import order_workflow_id
 from tests.conftest import SEAT_HEAVY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_allowance_webhooks import subscription_create_order
 from tests.e2e.test_allowances import (

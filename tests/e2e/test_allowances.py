@@ -25,13 +25,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+
+from polar_credits.models import AllowanceState
 from polar_credits.workflows.subscription_allowance import (
     SubscriptionAllowanceWorkflow,
     allowance_workflow_id,
 )
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-
-from polar_credits.models import AllowanceState
 from tests.conftest import TEAM_YEARLY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import balance, grant_events, new_customer
 from tests.e2e.test_subscriptions import credited, order_paid

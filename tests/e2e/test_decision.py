@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from temporalio.client import WorkflowHandle
 from typer.testing import CliRunner
 
 from polar_credits import search_attributes as sa
 from polar_credits.cli import app
 from polar_credits.models import OrderCreditsState
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import KIT_PRODUCT_ID, OPERATOR_TOKEN, Stack
 from tests.e2e.test_pipeline import grant_events, new_customer
 from tests.e2e.test_subscriptions import credited

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 from google.protobuf.message import Message
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History
@@ -32,6 +31,7 @@ from polar_credits.codec import ENCODING, KEY_ID_METADATA, data_converter
 from polar_credits.models import OrderCreditsState
 from polar_credits.settings import Settings
 from polar_credits.worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from tests.conftest import (
     BIN,
     CREDIT_PRODUCT_ID,

@@ -12,19 +12,19 @@ from contextlib import AsyncExitStack
 
 import pytest
 from polar.v2026_10 import PolarAsync
-from polar_credits.activities.gateway import PolarGateway
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes as sa
+from polar_credits.activities.gateway import PolarGateway
 from polar_credits.models import (
     OrderCreditsState,
     PolarErrorType,
 )
 from polar_credits.rules import parse_rules
 from polar_credits.worker import build_worker
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from tests.conftest import TEST_RULES, Stack, credit_pack_order
 from tests.support.standin import StandinProcess
 

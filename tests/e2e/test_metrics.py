@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from polar_credits.api.metrics import WEBHOOKS, Metrics, event_label
 from prometheus_client.parser import text_string_to_metric_families
 
+from polar_credits.api.metrics import WEBHOOKS, Metrics, event_label
 from tests.conftest import CREDIT_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import order_paid_body, post_signed
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from polar_credits.api.operator.temporal_errors import temporal_error
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
+from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.backfills import backfill_workflow_id
 from polar_credits.operator_grants import manual_grant_workflow_id
 from tests.conftest import OPERATOR_TOKEN, Stack

@@ -9,15 +9,15 @@ import uuid
 
 import httpx
 import pytest
-from polar_credits.activities.credits import CreditActivities
-from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 from polar_credits import search_attributes as sa
+from polar_credits.activities.credits import CreditActivities
 from polar_credits.models import IngestGrantsInput, OrderCreditsState, OrderFacts
+from polar_credits.workflows.order_credits import order_workflow_id
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,

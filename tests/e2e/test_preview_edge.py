@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from temporalio.client import WorkflowFailureError
 
 from polar_credits.models import PolarErrorType, RulesPreviewInput
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, Stack
 from tests.e2e.test_decision import order_json, preview_url
 from tests.e2e.test_operator_grants import eventually

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from polar_credits.workflows.order_credits import order_workflow_id
 from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
@@ -23,6 +22,7 @@ from typer.testing import CliRunner
 from polar_credits.cli import app
 from polar_credits.reconcile_schedule import ensure_reconcile_schedule
 from polar_credits.reconciliation import SCHEDULE_ID, ReconcileInput
+from polar_credits.workflows.order_credits import order_workflow_id
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     OPERATOR_TOKEN,

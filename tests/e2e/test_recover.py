@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polar_credits.workflows.order_credits import order_workflow_id
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import AllowanceState
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,

@@ -16,8 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
-from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -30,6 +28,8 @@ from polar_credits.rule_keys import (
     read_registry,
     registry_workflow_id,
 )
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
+from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 from tests.conftest import CREDIT_PRODUCT_ID, METER_ID, credit_pack_order
 from tests.support.processes import REPO_ROOT, stop_process
 from tests.support.standin import StandinProcess

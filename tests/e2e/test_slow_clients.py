@@ -23,9 +23,9 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from polar_credits.api.server import BODY_GRACE_SECONDS, uvicorn_config
 from starlette.requests import ClientDisconnect
 
+from polar_credits.api.server import BODY_GRACE_SECONDS, uvicorn_config
 from polar_credits.settings import Settings
 from tests.support.net import free_port
 from tests.support.processes import ServiceProcess

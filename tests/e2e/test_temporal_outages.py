@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from polar_credits.workflows.order_credits import order_workflow_id
-from polar_credits.workflows.subscription_allowance import allowance_workflow_id
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from polar_credits.temporal_client import CORE_LOGGER
+from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.workflows.subscription_allowance import allowance_workflow_id
 from tests.conftest import OPERATOR_TOKEN, TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
 from tests.e2e.test_operators import cli
 from tests.support.net import free_port

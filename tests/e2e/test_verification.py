@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 from polar.v2026_10 import PolarAsync
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -20,6 +19,7 @@ from polar_credits.models import (
 )
 from polar_credits.rules import parse_rules
 from polar_credits.worker import build_worker
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,

@@ -31,18 +31,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from polar.v2026_10 import PolarAsync
-from polar_credits.activities.credits import grant_event
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes
+from polar_credits.activities.credits import grant_event
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import decide_grants, parse_rules
 from polar_credits.worker import build_worker
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     KIT_PRODUCT_ID,

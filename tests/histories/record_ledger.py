@@ -21,15 +21,15 @@ import sys
 import uuid
 from pathlib import Path
 
-from polar_credits.activities.ledger import LedgerActivities
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes
+from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.models import CapReservation, LedgerState, ReserveUnitsInput
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
 from tests.conftest import temporal_binary
 from tests.histories.record import every_run, report_privacy, save_history
 

@@ -23,19 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from polar_credits.activities.backfill import BackfillActivities
-from polar_credits.activities.ledger import LedgerActivities
-from polar_credits.workflows.backfill import BackfillWorkflow
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
-from polar_credits.workflows.polar_budget import (
-    BudgetState,
-    PermitRequest,
-    PolarBudgetWorkflow,
-    ThrottleReport,
-)
-from polar_credits.workflows.reconcile import ReconcileWorkflow
-from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
-from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -45,6 +32,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes
+from polar_credits.activities.backfill import BackfillActivities
+from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.backfills import BackfillInput, BackfillTarget
 from polar_credits.models import (
     CapReservation,
@@ -56,6 +45,17 @@ from polar_credits.models import (
 )
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState
+from polar_credits.workflows.backfill import BackfillWorkflow
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.polar_budget import (
+    BudgetState,
+    PermitRequest,
+    PolarBudgetWorkflow,
+    ThrottleReport,
+)
+from polar_credits.workflows.reconcile import ReconcileWorkflow
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
+from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
 from tests.conftest import temporal_binary
 from tests.histories.record import every_run, recorder_main, report_privacy, save_runs
 from tests.workflows import test_backfill as backfill_tests

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from polar_credits.activities.operator import BALANCE_UNREADABLE
-from polar_credits.workflows.manual_grant import ManualGrantWorkflow
-from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from polar_credits.activities.operator import BALANCE_UNREADABLE
 from polar_credits.models import PolarErrorType
 from polar_credits.operator_grants import manual_grant_workflow_id, revoke_workflow_id
+from polar_credits.workflows.manual_grant import ManualGrantWorkflow
+from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 from tests.histories.record import recorder_main, report_privacy, save_runs
 from tests.workflows import test_manual_grant as scenarios
 from tests.workflows.conftest import BIN, register_search_attributes

@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from polar_credits.workflows.recover import RecoverWorkflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits.recovery import RecoverInput
+from polar_credits.workflows.recover import RecoverWorkflow
 from tests.histories.record import recorder_main, report_privacy, save_runs
 from tests.workflows import test_recover as recover_tests
 from tests.workflows import test_subscription_allowance as allowance_tests

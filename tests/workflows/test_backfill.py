@@ -8,14 +8,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from polar_credits.activities.backfill import SKIP_REPEATED, BackfillActivities
-from polar_credits.activities.gateway import IngestOutcome, polar_failure, rejected
-from polar_credits.workflows.backfill import BackfillWorkflow
 from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from polar_credits.activities.backfill import SKIP_REPEATED, BackfillActivities
+from polar_credits.activities.gateway import IngestOutcome, polar_failure, rejected
 from polar_credits.backfills import (
     BackfillInput,
     BackfillMeter,
@@ -24,6 +23,7 @@ from polar_credits.backfills import (
     BackfillTarget,
     backfill_external_id,
 )
+from polar_credits.workflows.backfill import BackfillWorkflow
 
 METER = BackfillMeter(name="api_calls", meter_id="m-1", event_name="api_usage")
 

@@ -9,9 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from polar_credits.activities.operator import BALANCE_UNREADABLE
-from polar_credits.workflows.manual_grant import ManualGrantWorkflow
-from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
@@ -19,6 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from polar_credits import search_attributes as sa
+from polar_credits.activities.operator import BALANCE_UNREADABLE
 from polar_credits.models import (
     IngestResult,
     MeterVerification,
@@ -46,6 +44,8 @@ from polar_credits.operator_grants import (
     revoke_external_id,
     revoke_workflow_id,
 )
+from polar_credits.workflows.manual_grant import ManualGrantWorkflow
+from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 
 METER = GrantMeter(name="api_calls", meter_id="meter-1", event_name="api_usage")
 OTHER = GrantMeter(name="storage", meter_id="meter-2", event_name="storage_usage")

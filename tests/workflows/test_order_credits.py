@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
-from polar_credits.workflows.verification import VERIFY_SLACK
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
@@ -31,6 +29,8 @@ from polar_credits.models import (
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
+from polar_credits.workflows.verification import VERIFY_SLACK
 
 METER_ID = "meter-1"
 

@@ -9,10 +9,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-from polar_credits.activities.ledger import LedgerActivities
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
-from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
@@ -21,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
+from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.decision import explain_order
 from polar_credits.models import (
     CapReservation,
@@ -43,6 +40,9 @@ from polar_credits.models import (
     VerifyGrantsResult,
 )
 from polar_credits.rules import parse_rules
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
+from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 
 RULES = parse_rules("""
 [meters.api]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
 from polar_credits.workflows.polar_budget import (
     BudgetState,
     BudgetView,
@@ -14,9 +18,6 @@ from polar_credits.workflows.polar_budget import (
     burst_size,
     emission_interval,
 )
-from temporalio.client import WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 
 async def waits(handle: WorkflowHandle, count: int, per_minute: int) -> list[float]:

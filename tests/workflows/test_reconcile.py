@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from polar_credits.workflows.reconcile import ReconcileWorkflow
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -22,6 +21,7 @@ from polar_credits.reconciliation import (
     Watermark,
     WatermarkInput,
 )
+from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 
 class FakeReconcile:

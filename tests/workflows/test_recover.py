@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
-from polar_credits.workflows.recover import RecoverWorkflow
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
@@ -26,6 +25,7 @@ from polar_credits.recovery import (
     RecoverSubscriptionsResult,
 )
 from polar_credits.rules import allowance_external_id
+from polar_credits.workflows.recover import RecoverWorkflow
 from tests.workflows import test_subscription_allowance as allowance_tests
 from tests.workflows.conftest import BIN, register_search_attributes
 from tests.workflows.test_subscription_allowance import (

@@ -15,11 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from polar_credits.activities.allowance import capped_units, within_max
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
 from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -28,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
+from polar_credits.activities.allowance import capped_units, within_max
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import (
     AllowanceGrant,
@@ -40,6 +36,10 @@ from polar_credits.models import (
     SubscriptionObservation,
 )
 from polar_credits.rules import allowance_external_id, decide_allowance_rules, parse_rules
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 
 YEARLY = "product-yearly"
 YEARLY_PRO = "product-yearly-pro"

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
 from temporalio.api.sdk.v1 import WorkflowMetadata
@@ -38,6 +37,7 @@ from polar_credits.models import (
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
 from tests.workflows import test_subscription_allowance as allowance
 from tests.workflows.test_order_credits import grant
 from tests.workflows.test_subscription_allowance import _terminate_runs  # noqa: F401 - autouse

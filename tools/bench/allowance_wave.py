@@ -57,10 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -70,6 +66,10 @@ from polar_credits import search_attributes as sa
 from polar_credits.cadence import Cadence, parse_cadence
 from polar_credits.models import AllowanceState
 from polar_credits.rules import allowance_external_id
+from polar_credits.workflows.subscription_allowance import (
+    SubscriptionAllowanceWorkflow,
+    allowance_workflow_id,
+)
 from tools.bench.burst import (
     CLOSED_STATUSES,
     ORG_LIMIT_PER_MINUTE,

@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse
 from polar.base import PolarDeserializationError, deserialize
 from polar.v2026_10 import PolarAsync
 from polar.v2026_10.webhooks import WebhookOrderPaidPayload
-from polar_credits.api.webhooks import polar_verifier
 from standardwebhooks.webhooks import WebhookVerificationError
+
+from polar_credits.api.webhooks import polar_verifier
 
 log = logging.getLogger("bench.naive")
 
