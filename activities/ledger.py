@@ -8,6 +8,9 @@ Retrying the activity is safe: the ledger counts a grant's reservation once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import (
@@ -95,5 +98,5 @@ class LedgerActivities:
             outcomes.append(outcome)
         return ReserveUnitsResult(outcomes=outcomes)
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.reserve_capped_units, self.release_capped_units]

@@ -22,7 +22,7 @@ from polar_credits.api.operator.rules import router as rules_router
 from polar_credits.api.problems import validation_problem
 from polar_credits.codec import payload_codec
 from polar_credits.operators import load_operator_tokens
-from polar_credits.rules import load_rules
+from polar_credits.rules import MetadataKeys, load_rules
 from polar_credits.settings import Settings, SettingsError
 from polar_credits.temporal_client import (
     TemporalConnection,
@@ -71,7 +71,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
         settings = connection.applied_to(settings)  # links to the UI name the namespace used
     rules_file = settings.credits_rules_file
     rules = load_rules(rules_file) if rules_file else None
-    metadata_keys = rules.metadata_keys() if rules else frozenset()
+    metadata_keys: MetadataKeys | frozenset[str] = rules.metadata_keys() if rules else frozenset()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,9 +102,9 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.state.operator_tokens = operator_tokens
     app.state.metrics = Metrics()
     app.state.payload_codec = payload_codec(settings)  # None when encryption is off
-    app.state.webhook_verifier = webhooks.polar_verifier(
-        settings.polar_webhook_secret.get_secret_value()
-    )
+    secret = settings.require("POLAR_WEBHOOK_SECRET").polar_webhook_secret
+    assert secret is not None  # require() raised SettingsError otherwise
+    app.state.webhook_verifier = webhooks.polar_verifier(secret.get_secret_value())
     app.add_exception_handler(RequestValidationError, validation_problem)  # type: ignore[arg-type]
     app.include_router(webhooks.router)
     app.include_router(health.router)
@@ -154,4 +154,5 @@ def _serve_docs_offline(app: FastAPI) -> None:
 
 def _root(request: Request) -> str:
     """Where the app is mounted, so the docs' links work behind a path prefix."""
-    return request.scope.get("root_path", "").rstrip("/")
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/")

@@ -12,7 +12,7 @@ an operator route; with encryption off it is not there (404).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -41,7 +41,7 @@ class CorsRoute(APIRoute):
     """Adds the UI origin's CORS headers to every answer of the route, errors included:
     without them the browser hides a 401 or a 400 behind a bare "CORS error"."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
         async def with_cors(request: Request) -> Response:
@@ -91,7 +91,7 @@ def _cors_headers(request: Request) -> dict[str, str]:
 
 
 async def _codec(request: Request) -> EncryptionCodec:
-    codec = request.app.state.payload_codec
+    codec: EncryptionCodec | None = request.app.state.payload_codec
     if codec is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

@@ -12,11 +12,13 @@ from polar_credits.settings import Settings
 
 # async: FastAPI runs sync dependencies in a thread pool, a needless hop per request.
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_temporal(request: Request) -> Client:
-    return request.app.state.temporal
+    temporal: Client = request.app.state.temporal
+    return temporal
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

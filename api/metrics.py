@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from polar_credits.api.server import SLOW_CLIENTS_CLOSED
 
 # Without this, every counter gets a `_created` twin that nobody alerts on.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 router = APIRouter(tags=["operations"])
 

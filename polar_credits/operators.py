@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -194,7 +195,7 @@ def authenticate(tokens: tuple[OperatorToken, ...], given: str) -> OperatorToken
     return found
 
 
-def started_by(memo: dict[str, Any]) -> str | None:
+def started_by(memo: Mapping[str, Any]) -> str | None:
     """The operator a run's memo names, or None for a run the service started itself."""
     name = memo.get(OPERATOR_MEMO)
     return name if isinstance(name, str) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -133,7 +134,7 @@ async def _turn_off(client: Client) -> None:
 
 async def start_reconcile_now(
     client: Client, settings: Settings, *, operator: str | None = None
-) -> WorkflowHandle:
+) -> WorkflowHandle[Any, Any]:
     """A run now, beside the schedule's (same input): what `POST /reconcile` starts, with the
     operator token's name in its memo."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")

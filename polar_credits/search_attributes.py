@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair
 
@@ -78,7 +78,7 @@ def _within_cap(
     return [(key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS]
 
 
-def order_start_attributes(facts: OrderFacts) -> list[SearchAttributePair]:
+def order_start_attributes(facts: OrderFacts) -> list[SearchAttributePair[Any]]:
     """Set when an order run starts (by the webhook, a rerun or reconciliation), so an operator
     finds the run in the UI before its first task runs (a subscription's order runs also by
     the subscription)."""

@@ -126,7 +126,8 @@ class Settings(BaseSettings):
             if getattr(self, env_name.lower()) is None:
                 hint = _HINTS.get(env_name, "")
                 raise SettingsError(f"{env_name} is not set: set it to {hint}.")
-        if "CREDITS_RULES_FILE" in env_names and not self.credits_rules_file.is_file():
+        rules_file = self.credits_rules_file
+        if "CREDITS_RULES_FILE" in env_names and not (rules_file and rules_file.is_file()):
             raise SettingsError(
                 f"CREDITS_RULES_FILE points to {self.credits_rules_file}, which is not a file."
             )

@@ -306,9 +306,9 @@ def _check_pem(read: Mapping[str, bytes | None], sources: Mapping[str, str]) -> 
 
     certs: dict[str, list[x509.Certificate]] = {}
     for key in ("client_cert", "server_ca_cert"):
-        if read[key]:
+        if pem := read[key]:
             try:
-                certs[key] = x509.load_pem_x509_certificates(read[key])
+                certs[key] = x509.load_pem_x509_certificates(pem)
             except ValueError:
                 raise SettingsError(
                     f"{sources[key]}: not a PEM certificate (-----BEGIN CERTIFICATE-----)."

@@ -225,8 +225,8 @@ class _StopRequest:
         loop = asyncio.get_running_loop()
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        for sig in _early_stops:  # came before the loop handled signals
-            self._on_signal(sig)
+        for early in _early_stops:  # came before the loop handled signals
+            self._on_signal(early)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name

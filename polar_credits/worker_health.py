@@ -39,7 +39,8 @@ def internal_port() -> int:
     """A loopback port that was free a moment ago, for the SDK's exporter to bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class WorkerHealth:

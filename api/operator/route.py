@@ -13,7 +13,7 @@ still run, for the operator's name and for the OpenAPI page's security scheme.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response, status
@@ -51,7 +51,7 @@ class OperatorRoute(APIRoute):
         edge = {**TOKEN_ANSWERS, **(BODY_ANSWERS if self.body_field is not None else {})}
         self.responses = {**edge, **self.responses}
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         needs_writer = require_writer in _calls(self.dependant)
         takes_body = self.body_field is not None

@@ -51,12 +51,12 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
 
 
 def _finished(view: dict[str, Any]) -> bool:
-    return view["status"] != "running"
+    return bool(view["status"] != "running")
 
 
 def _watch(key: str, show_bar: bool) -> dict[str, Any]:
     """Poll GET /backfills/{key} until the backfill ends; a Rich progress bar meanwhile."""
-    view = call("GET", f"/backfills/{key}")
+    view: dict[str, Any] = call("GET", f"/backfills/{key}")
     if not show_bar:
         while not _finished(view):
             time.sleep(POLL_SECONDS)

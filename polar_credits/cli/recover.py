@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
@@ -83,7 +83,7 @@ def _progress(report: RecoverResult | None, queue: str) -> str:
     )
 
 
-async def _report(handle: WorkflowHandle) -> RecoverResult | None:
+async def _report(handle: WorkflowHandle[Any, Any]) -> RecoverResult | None:
     try:
         return await handle.query(RecoverWorkflow.report, rpc_timeout=QUERY_TIMEOUT)
     except (RPCError, WorkflowQueryFailedError):  # no worker has taken the run yet
@@ -91,7 +91,7 @@ async def _report(handle: WorkflowHandle) -> RecoverResult | None:
 
 
 async def _follow(
-    handle: WorkflowHandle, queue: str, quiet: bool
+    handle: WorkflowHandle[Any, Any], queue: str, quiet: bool
 ) -> tuple[WorkflowExecutionStatus | None, RecoverResult | None]:
     report: RecoverResult | None = None
     # --json: nothing but the JSON on stdout, for scripts.
