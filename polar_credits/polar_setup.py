@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import json
 import re
@@ -18,7 +19,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from polar.base import PolarClientError, PolarRateLimitError
@@ -29,7 +30,7 @@ from polar.v2026_10.outputs import Meter, Product
 from polar_credits.polar_ids import path_segment
 from polar_credits.rules import RulesFile
 
-API_VERSION = "2026-10"
+API_VERSION: Final = "2026-10"
 # The webhook events the service consumes (api/webhooks.py): `order.paid` always; every
 # `subscription.*` event when a rule has a cadence (`every`), to steer the allowance runs.
 ORDER_EVENTS: tuple[str, ...] = ("order.paid",)
@@ -157,7 +158,7 @@ async def _every(pages: Callable[[int], Awaitable[Any]]) -> list[Any]:
     items: list[Any] = []
     page = 1
     while True:
-        answer = await _call(lambda page=page: pages(page))
+        answer = await _call(functools.partial(pages, page))
         items += answer.items
         if page >= answer.pagination.max_page:
             return items
@@ -234,7 +235,8 @@ async def _check_token(polar: PolarAsync, request: SetupRequest, plan: Plan) -> 
 
 
 def _as_dict(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    return dataclasses.asdict(value) if is_instance else value
 
 
 def filter_matches(meter: Meter, event_name: str) -> bool:
@@ -250,7 +252,7 @@ def filter_matches(meter: Meter, event_name: str) -> bool:
 
 def aggregation_matches(meter: Meter, property: str) -> bool:
     aggregation = _as_dict(meter.aggregation)
-    return aggregation.get("func") == "sum" and aggregation.get("property") == property
+    return bool(aggregation.get("func") == "sum" and aggregation.get("property") == property)
 
 
 def _describe_meter(meter: Meter) -> str:
@@ -335,7 +337,7 @@ async def _check_products(polar: PolarAsync, plan: Plan) -> None:
     ours = {m.id: m for m in plan.meters if m.id}
     warned = False
     for product in plan.products:
-        metered = {getattr(p, "meter_id", None) for p in product.prices} & ours.keys()
+        metered = {m for p in product.prices if (m := getattr(p, "meter_id", None)) in ours}
         if product.meter_interval and metered:
             warned = True
             names = ", ".join(repr(ours[m].key) for m in sorted(metered))
@@ -470,7 +472,8 @@ async def apply_plan(polar: PolarAsync, plan: Plan) -> None:
         meter = await _change(
             "create the meter",
             "meters:write",
-            lambda spec=spec: polar.meters.create(
+            functools.partial(
+                polar.meters.create,
                 name=spec.name,
                 filter={
                     "conjunction": "and",
@@ -486,17 +489,20 @@ async def apply_plan(polar: PolarAsync, plan: Plan) -> None:
             "create the webhook endpoint",
             "webhooks:write",
             lambda: polar.webhooks.create_webhook_endpoint(
-                url=webhook.url, format="raw", events=webhook.events, api_version=API_VERSION
+                url=webhook.url,
+                format="raw",
+                events=cast("list[WebhookEventType]", webhook.events),
+                api_version=API_VERSION,
             ),
         )
         webhook.endpoint_id, webhook.secret = created.id, created.secret
     elif webhook is not None and webhook.changes:
+        endpoint_id, changes = webhook.endpoint_id, webhook.changes
+        assert endpoint_id is not None  # the branch above handles an endpoint still to create
         await _change(
             "update the webhook endpoint",
             "webhooks:write",
-            lambda: polar.webhooks.update_webhook_endpoint(
-                path_segment(webhook.endpoint_id), **webhook.changes
-            ),
+            lambda: polar.webhooks.update_webhook_endpoint(path_segment(endpoint_id), **changes),
         )
     if plan.rules_file is not None:
         text = starter_rules(plan.meters, plan.products)

@@ -6,9 +6,9 @@ tree of links laid out as the installed package, and its messages name the check
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,20 +28,24 @@ def link_tree(root: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    with tempfile.TemporaryDirectory(prefix="polar-credits-mypy-") as tmp:
-        package = link_tree(Path(tmp))
-        done = subprocess.run(
-            [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
-             "--cache-dir", str(REPO / ".mypy_cache"), *argv, str(package)],
-            cwd=REPO, capture_output=True, text=True,
-        )
-        # Name the checkout's files, not the links: polar_credits/api/x.py is api/x.py.
-        output = done.stdout + done.stderr
-        prefix = f"{package}/"
-        for name, folder in MAPPED.items():
-            output = output.replace(f"{prefix}{name}/", f"{folder}/")
-        sys.stdout.write(output.replace(prefix, "polar_credits/"))
-        return done.returncode
+    # One place for the tree, laid anew each run: mypy's cache keeps the paths it checked.
+    cache = REPO / ".mypy_cache"
+    root = cache / "layout"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    package = link_tree(root)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
+         "--cache-dir", str(cache), *argv, str(package)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    # Name the checkout's files, not the links: polar_credits/api/x.py is api/x.py.
+    output = done.stdout + done.stderr
+    prefix = f"{package.relative_to(REPO)}/"
+    for name, folder in MAPPED.items():
+        output = output.replace(f"{prefix}{name}/", f"{folder}/")
+    sys.stdout.write(output.replace(prefix, "polar_credits/"))
+    return done.returncode
 
 
 if __name__ == "__main__":
