@@ -16,26 +16,24 @@ written before encryption was turned on has no such marker and is read as it is.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
 
-from polar_credits.settings import Settings, SettingsError
+from polar_credits.settings import (
+    KEYS_SETTING,
+    EncryptionKeys,
+    Settings,
+    encryption_keys,
+)
 
 # The encoding Temporal's own encryption samples (and the UI's codec docs) use.
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
-KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # GCM's standard nonce; random per payload
-KEYS_SETTING = "CREDITS_ENCRYPTION_KEYS"
-KEY_ID_SETTING = "CREDITS_ENCRYPTION_KEY_ID"
-KEY_FORMAT = "comma-separated id:key pairs, each key the base64 of 32 random bytes"
-GENERATE = 'python -c "import base64, os; print(base64.b64encode(os.urandom(32)).decode())"'
 
 
 class PayloadDecryptionError(Exception):
@@ -43,74 +41,6 @@ class PayloadDecryptionError(Exception):
 
     Raised, never swallowed: in a worker the workflow task fails and Temporal retries it,
     so the run resumes once the key is configured."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EncryptionKeys:
-    active_id: str
-    keys: Mapping[str, bytes] = dataclasses.field(repr=False)
-
-
-def encryption_keys(settings: Settings) -> EncryptionKeys | None:
-    """The configured keys, or None when encryption is off (both settings unset).
-
-    Raises SettingsError naming the setting to fix; never shows a key."""
-    raw = settings.credits_encryption_keys
-    active_id = settings.credits_encryption_key_id
-    if raw is None and active_id is None:
-        return None
-    if raw is None:
-        raise SettingsError(
-            f"{KEY_ID_SETTING} is set but {KEYS_SETTING} is not: set {KEYS_SETTING} to "
-            f"{KEY_FORMAT} (generate one with: {GENERATE}), or unset {KEY_ID_SETTING} to "
-            "turn encryption off."
-        )
-    keys = _parse_keys(raw.get_secret_value())
-    if active_id is None:
-        raise SettingsError(
-            f"{KEYS_SETTING} is set but {KEY_ID_SETTING} is not: set it to the id of the key "
-            f"that encrypts new payloads (one of: {', '.join(keys)})."
-        )
-    if active_id not in keys:
-        raise SettingsError(
-            f"{KEY_ID_SETTING} is {active_id!r}, which is not among the ids in "
-            f"{KEYS_SETTING} ({', '.join(keys)}): add that key, or name one of these."
-        )
-    return EncryptionKeys(active_id=active_id, keys=keys)
-
-
-def _parse_keys(raw: str) -> dict[str, bytes]:
-    keys: dict[str, bytes] = {}
-    for position, entry in enumerate(raw.split(","), start=1):
-        entry = entry.strip()
-        if not entry:
-            continue
-        key_id, colon, encoded = entry.partition(":")
-        key_id, encoded = key_id.strip(), encoded.strip()
-        where = f"{KEYS_SETTING}: entry {position}"
-        if not colon or not key_id or not encoded:
-            raise SettingsError(f"{where} is not of the form id:key; expected {KEY_FORMAT}.")
-        where = f"{KEYS_SETTING}: key {key_id!r}"
-        if key_id in keys:
-            raise SettingsError(
-                f"{where} is given twice; each id must name one key (a payload names its key "
-                "by id)."
-            )
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise SettingsError(
-                f"{where} is not valid base64; generate one with: {GENERATE}"
-            ) from None
-        if len(key) != KEY_BYTES:
-            raise SettingsError(
-                f"{where} is {len(key)} bytes, not {KEY_BYTES} (AES-256); generate one "
-                f"with: {GENERATE}"
-            )
-        keys[key_id] = key
-    if not keys:
-        raise SettingsError(f"{KEYS_SETTING} holds no key; expected {KEY_FORMAT}.")
-    return keys
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec):
