@@ -1,6 +1,6 @@
 """Imports every command module, so each registers its commands on `app`."""
 
-# One line per module, in any order: each helper appends its own.
+# One line per command module, in any order.
 # ruff: noqa: I001
 
 from __future__ import annotations
