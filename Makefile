@@ -36,7 +36,6 @@ lint: $(VENV_STAMP) ## Check the code with ruff
 docs: $(VENV_STAMP) ## Build the documentation site (docs/) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
-
 bench: $(VENV_STAMP) ## Benchmark the pipeline and a renewal burst on private stacks (long; ARGS=--quick for a smoke run)
 	$(VENV_PYTHON) -m tools.bench.pipeline $(ARGS)
 	$(VENV_PYTHON) -m tools.bench.burst $(ARGS)

@@ -469,4 +469,3 @@ def test_readme_lists_every_case_with_its_answer() -> None:
         assert case.name in rows, f"the bad-input page's operator table lacks {case.name!r}"
         assert rows[case.name].startswith(str(case.status)), (case.name, rows[case.name])
     assert len(rows) == len(CASES), "the bad-input page lists a case the table does not have"
-

@@ -4,7 +4,6 @@ then the worker's side: a hostile id that reaches it anyway stays on the orders 
 Polar's error bodies (which can quote a customer) stay out of logs and histories.
 
 docs/operator/bad-input.md lists every case of CASES with its answer; a test keeps them equal.
-
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ values, what each is answered, and that nothing started, nothing was granted and
 personal was logged; then made-up event types, which must not grow the metrics.
 
 docs/operator/bad-input.md lists every case of CASES with its answer; a test keeps them equal.
-
 """
 
 from __future__ import annotations

@@ -507,7 +507,6 @@ def assert_readme_lists(cases: list[Any]) -> None:
     }
     for case in cases:
         assert case.name in rows, f"the bad-input page's table lacks {case.name!r}"
-
         body_status = getattr(case, "answer", None)
         answer = f"{case.status}" + (f" `{body_status}`" if body_status else "")
         assert rows[case.name].startswith(answer), (case.name, rows[case.name], answer)

@@ -212,7 +212,6 @@ async def test_a_payload_codec_encodes_summaries_and_details_too(
     """What the docs say of encrypted histories (docs/operator/runs.md, "In the Temporal UI"):
     temporalio passes user metadata (the start's summary and details, activity summaries,
     current details) through the payload codec."""
-
     codec = MarkingCodec()
     client = Client(
         **{
