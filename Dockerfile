@@ -4,7 +4,7 @@
 #   docker run IMAGE grants list    any CLI command (polar-credits --help)
 # Dependencies come only from requirements.lock, pinned with hashes (`make lock`). No Temporal
 # dev server and no Polar stand-in: the image talks to a Temporal cluster and to Polar.
-# README, "Deploying".
+# docs/deploying.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -6,7 +6,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help install run demo test lint bench chaos lock
+.PHONY: help install run demo test lint docs bench chaos lock
 
 help: ## Show these targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ test: $(VENV_STAMP) ## Run the test suite
 
 lint: $(VENV_STAMP) ## Check the code with ruff
 	$(VENV)/bin/ruff check .
+
+# Strict: a broken link or anchor, a page missing from mkdocs.yml's nav, or a missing page
+# fails the build (mkdocs.yml, validation). tests/test_docs_site.py runs the same build.
+docs: $(VENV_STAMP) ## Build the documentation site (docs/) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(VENV_STAMP) ## Benchmark the pipeline and a renewal burst on private stacks (long; ARGS=--quick for a smoke run)
 	$(VENV_PYTHON) -m tools.bench.pipeline $(ARGS)

@@ -20,7 +20,7 @@ def main() -> int:
         print(f"polar-credits api: {exc}", file=sys.stderr)
         return 2
     configure_logging(log_format=settings.credits_log_format)
-    # uvicorn with read timeouts on slow clients (api/server.py, README "Operations").
+    # uvicorn with read timeouts on slow clients (api/server.py, docs/operator/runs.md).
     return serve(app, settings)
 
 

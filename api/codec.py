@@ -1,5 +1,5 @@
 """`POST /codec/encode`, `POST /codec/decode`: the codec endpoint the Temporal UI and CLI call
-to show encrypted histories (README, "Encrypted histories").
+to show encrypted histories (docs/operator/encrypted-histories.md).
 
 It speaks Temporal's codec-server protocol: a Payloads message as protobuf JSON
 (`{"payloads": [{"metadata": {"encoding": "<base64>"}, "data": "<base64>"}]}`) in and out, 400

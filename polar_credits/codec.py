@@ -6,8 +6,8 @@ read the database can read those. With CREDITS_ENCRYPTION_KEYS set, every payloa
 results, activity arguments, memos, failure messages, summaries) is encrypted before it
 leaves the process, and only processes holding the key read it back; operators read runs in
 the Temporal UI through the API's codec endpoint (api/codec.py). Search attributes are not
-payloads the codec sees: they stay readable, so runs stay findable (README, "Encrypted
-histories").
+payloads the codec sees: they stay readable, so runs stay findable
+(docs/operator/encrypted-histories.md).
 
 Each encrypted payload names its key (metadata `encryption-key-id`), so keys can be added
 without rewriting history: the active key encrypts, any configured key decrypts. A payload

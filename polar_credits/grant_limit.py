@@ -4,7 +4,8 @@ Every kind of grant is held to it: an order rule's grant (fixed, per seat, per c
 unit), an allowance period, a backfill's grant to one customer, a manual grant and a revoke.
 Operators' amounts above it are refused (422) before anything starts; an amount the service
 computes above it (units per seat × a huge seat count) is held: recorded in the run, shown as
-the `held_over_max` CreditStatus, logged and counted, never sent to Polar (README, "Amounts").
+the `held_over_max` CreditStatus, logged and counted, never sent to Polar
+(docs/rules.md, "One per-grant maximum").
 """
 
 from __future__ import annotations

@@ -458,7 +458,7 @@ class AllowanceGrant:
     # Polar already held this period's event (a second run, a reset): nothing new granted.
     already_granted: bool = False
     stored_by: str | None = None
-    # For capped rules: the balance the amount was computed from (see README, "Caps").
+    # For capped rules: the balance the amount was computed from (docs/subscriptions.md, "Caps").
     balance_seen: float | None = None
 
 

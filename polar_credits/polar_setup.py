@@ -37,7 +37,7 @@ ORDER_EVENTS: tuple[str, ...] = ("order.paid",)
 SUBSCRIPTION_EVENTS: tuple[str, ...] = tuple(
     sorted(e for e in typing.get_args(WebhookEventType) if e.startswith("subscription."))
 )
-# What the worker and the API need (README, "Pointing it at Polar"), and what setup itself
+# What the worker and the API need (docs/polar-setup.md), and what setup itself
 # needs. Read scopes are probed with a one-item list; events:write with an empty ingest
 # (Polar accepts it and stores nothing). meters:write and webhooks:write cannot be probed
 # without a change: a missing one shows as a 403 when setup makes that change.

@@ -160,7 +160,7 @@ class Rule(BaseModel):
     # order), so a trial cannot be used to collect credits.
     during_trial: StrictBool = True
     # A cadence ("1 month", "2 weeks"): the rule grants on its own timer to every subscription
-    # of its products, not on orders (README, "Allowances on their own cadence").
+    # of its products, not on orders (docs/subscriptions.md, "Allowances on their own cadence").
     every: str | None = None
     rollover_cap: StrictInt | None = Field(default=None, ge=0)  # cadence rules only
 

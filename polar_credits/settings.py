@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     polar_api_url: str | None = None
     polar_timeout_seconds: float = Field(default=10.0, gt=0)
     # The service's share of the organization's Polar rate limit, for all workers together.
-    # Unset: 60% of the server's limit (README, "The Polar call budget").
+    # Unset: 60% of the server's limit (docs/gateway.md).
     polar_rate_limit_per_minute: int | None = Field(default=None, ge=1)
 
     temporal_address: str = "127.0.0.1:7233"
@@ -57,10 +57,10 @@ class Settings(BaseSettings):
     credits_api_port: int = Field(default=8000, ge=1, le=65535)
     # Polar gives up on a delivery after 10 s: answer 503 well before, so its retry counts.
     credits_temporal_start_timeout_seconds: float = Field(default=5.0, gt=0)
-    # A client that trickles its request is cut off (README, "Operations").
+    # A client that trickles its request is cut off (docs/operator/runs.md, "Slow clients").
     credits_api_header_timeout_seconds: float = Field(default=10.0, gt=0)
     credits_api_body_timeout_seconds: float = Field(default=10.0, gt=0)
-    # The operator API (README, "Operator guide"): off while unset; a bearer token otherwise.
+    # The operator API (docs/operator/api-and-cli.md): off while unset; a bearer token otherwise.
     credits_operator_token: SecretStr | None = None
     # The reconciliation schedule: how often it lists Polar's paid orders for missed webhooks.
     # 0 turns it off: no schedule is created, and an existing one is paused.
@@ -74,10 +74,11 @@ class Settings(BaseSettings):
     # "text" (default) or "json": one JSON object per line, with order and workflow ids.
     credits_log_format: Literal["text", "json"] = "text"
     # true: the worker accepts a rules file that drops a rule key which has granted while
-    # another rule takes over its products (README, "Renaming a rule: keys").
+    # another rule takes over its products (docs/rules.md, "Rule keys: renaming a rule").
     credits_allow_dropped_rule_keys: bool = False
 
-    # Encrypted histories (issue 15 §3; README "Encrypted histories"): off while both unset.
+    # Encrypted histories (issue 15 §3; docs/operator/encrypted-histories.md): off while both
+    # unset.
     # CREDITS_ENCRYPTION_KEYS: comma-separated `id:base64 of 32 bytes`; the key that
     # CREDITS_ENCRYPTION_KEY_ID names encrypts new payloads, every listed key decrypts.
     credits_encryption_keys: SecretStr | None = None
@@ -148,7 +149,7 @@ class Settings(BaseSettings):
         """Where Polar calls go, for logs: never includes the token."""
         return self.polar_api_url or self.polar_server
 
-    # -- Operators by name (issue 15 §5; README "Turning it on, and the CLI") --
+    # -- Operators by name (issue 15 §5; docs/operator/api-and-cli.md, "Turning it on") --
     # Named operator tokens with a scope, beside CREDITS_OPERATOR_TOKEN (a write token named
     # "operator"): "name:scope:token,..." or a JSON list of {"name", "scope", "token"}; and/or
     # a TOML file of [[tokens]] tables. Parsed and checked by polar_credits/operators.py.

@@ -1,6 +1,6 @@
 """The Temporal worker: runs order-credits workflows, their activities, and the Polar budget.
 
-Start it with `python worker.py`; settings come from the environment (see README). Run as
+Start it with `python worker.py`; settings come from the environment (docs/settings.md). Run as
 many as you like against one Temporal cluster: they share one Polar call budget.
 
 Stop it with SIGTERM or SIGINT, at any moment: before Temporal is connected it just exits;

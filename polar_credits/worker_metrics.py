@@ -3,7 +3,7 @@
 With CREDITS_WORKER_METRICS_PORT set, the worker's Temporal client runs on a `Runtime` that
 serves Prometheus on that port (`worker_runtime`); the service records its metrics through
 that runtime's `MetricMeter`, so one scrape holds both. Without it every meter is Temporal's
-no-op meter: recording costs nothing and needs no check (README, "Metrics").
+no-op meter: recording costs nothing and needs no check (docs/operator/metrics-and-logs.md).
 """
 
 from __future__ import annotations

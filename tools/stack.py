@@ -82,7 +82,7 @@ def temporal_command(
         "--db-filename", str(db_path),
         "--log-level", "warn",
         # WAL: a commit no longer waits for a full fsync of the journal; this halves
-        # start_workflow latency and doubles run throughput (README, Benchmarks).
+        # start_workflow latency and doubles run throughput (tools/bench/pipeline.py measures both).
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
     ]  # fmt: skip

@@ -1,5 +1,5 @@
-"""The recovery workflow: rebuild every run from Polar after Temporal's state was lost (README,
-"Recovering from a lost Temporal").
+"""The recovery workflow: rebuild every run from Polar after Temporal's state was lost
+(docs/operator/temporal.md, "Recovering from a lost Temporal").
 
 First the subscriptions Polar may still bill: each one's allowance run comes back as its
 webhooks start it, with the subscription as Polar shows it now. Then Polar's paid orders

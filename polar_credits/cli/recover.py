@@ -1,5 +1,5 @@
 """`polar-credits recover --since 30d`: rebuild every run from Polar after Temporal's state was
-lost (README, "Recovering from a lost Temporal").
+lost (docs/operator/temporal.md, "Recovering from a lost Temporal").
 
 It talks to Temporal, not to the operator API (which may not run yet while a cluster is being
 rebuilt): it starts the recovery run on the workers' task queue, where the worker lists Polar
@@ -40,7 +40,8 @@ _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw])\s*", re.ASCII)
 
 
 # A shorter window could start while a renewal's payment is still being tried, and would miss
-# the runs still verifying when Temporal was lost (README, "Recovering from a lost Temporal").
+# the runs still verifying when Temporal was lost (docs/operator/temporal.md, "Recovering from a
+# lost Temporal").
 MIN_SINCE = timedelta(hours=1)
 
 

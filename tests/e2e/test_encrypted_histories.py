@@ -274,7 +274,7 @@ async def test_an_encrypted_run_grants_and_its_history_shows_no_order_data(
         assert secret not in stored, secret
 
     # Search attributes are not encrypted (the server indexes them): operators find the run
-    # by its order id, as README "Encrypted histories" says.
+    # by its order id, as docs/operator/encrypted-histories.md says.
     started = history.events[0].workflow_execution_started_event_attributes
     assert sa.POLAR_ORDER_ID.name in started.search_attributes.indexed_fields
 

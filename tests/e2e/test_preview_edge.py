@@ -3,7 +3,7 @@ request is answered, and that a refused one started no preview and reached nothi
 then the worker's side: a hostile id that reaches it anyway stays on the orders path, and
 Polar's error bodies (which can quote a customer) stay out of logs and histories.
 
-README.md, "Bad input", lists every case of CASES with its answer; a test keeps them equal.
+docs/operator/bad-input.md lists every case of CASES with its answer; a test keeps them equal.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 values, what each is answered, and that nothing started, nothing was granted and nothing
 personal was logged; then made-up event types, which must not grow the metrics.
 
-README.md, "Bad input", lists every case of CASES with its answer; a test keeps them equal.
+docs/operator/bad-input.md lists every case of CASES with its answer; a test keeps them equal.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The webhook edge against hostile and odd input, one table: what each request is answered,
 and that nothing started and nothing reached Polar, or (for what is tolerated) what did.
 
-README.md, "Bad input", lists every case of CASES with its answer; a test keeps them equal.
+docs/operator/bad-input.md lists every case of CASES with its answer; a test keeps them equal.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.conftest import CREDIT_PRODUCT_ID, WEBHOOK_SECRET, Stack
 from tests.e2e.test_pipeline import assert_no_run, grant_events, order_paid_body
 from tests.support.signing import polar_signed_headers
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+BAD_INPUT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "operator" / "bad-input.md"
 EMAIL, NAME = "edge.victim@example.com", "Victim Person"
 MIB = 1024 * 1024
 
@@ -496,9 +496,9 @@ async def test_a_failed_order_runs_again_when_redelivered(
 
 
 def assert_readme_lists(cases: list[Any]) -> None:
-    """README's "Bad input" tables hold a row per case (`name`), whose answer starts with the
-    case's status and, for a 2xx, its body's `status` (`answer`)."""
-    section = README.read_text().split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    """The "Bad input" tables (docs/operator/bad-input.md) hold a row per case (`name`), whose
+    answer starts with the case's status and, for a 2xx, its body's `status` (`answer`)."""
+    section = BAD_INPUT_PAGE.read_text()
     rows = {
         cells[0]: cells[1]
         for line in section.splitlines()
@@ -506,7 +506,7 @@ def assert_readme_lists(cases: list[Any]) -> None:
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
     for case in cases:
-        assert case.name in rows, f"README's bad-input table lacks {case.name!r}"
+        assert case.name in rows, f"the bad-input page's table lacks {case.name!r}"
         body_status = getattr(case, "answer", None)
         answer = f"{case.status}" + (f" `{body_status}`" if body_status else "")
         assert rows[case.name].startswith(answer), (case.name, rows[case.name], answer)

@@ -64,7 +64,7 @@ async def test_recorded_history_replays(recorded: WorkflowHistory) -> None:
     assert result.replay_failure is None, f"{history.workflow_id}: {result.replay_failure}"
 
 
-# Encryption turned on over runs written before it (README, "Encrypted histories"): the codec
+# Encryption turned on over runs written before it (docs/operator/encrypted-histories.md): the codec
 # reads their plain payloads as they are. The key is a test's own: any 32 bytes.
 ENCRYPTION_ON = Settings(
     credits_encryption_keys="test:" + "a2V5LWZvci10aGUtcmVwbGF5LXRlc3Qtb25seS0wMDA=",

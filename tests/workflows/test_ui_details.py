@@ -209,8 +209,9 @@ class MarkingCodec(PayloadCodec):
 async def test_a_payload_codec_encodes_summaries_and_details_too(
     skipping_env: WorkflowEnvironment,
 ) -> None:
-    """What the README says of encrypted histories: temporalio passes user metadata (the start's
-    summary and details, activity summaries, current details) through the payload codec."""
+    """What the docs say of encrypted histories (docs/operator/runs.md, "In the Temporal UI"):
+    temporalio passes user metadata (the start's summary and details, activity summaries,
+    current details) through the payload codec."""
     codec = MarkingCodec()
     client = Client(
         **{
