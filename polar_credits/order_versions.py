@@ -74,7 +74,9 @@ def versions_needed(events: Iterable[HistoryEvent]) -> set[str]:
         elif kind == EventType.EVENT_TYPE_MARKER_RECORDED:
             patch = _patch_id(event)
             if patch == DECISION_PATCH:
-                return set()  # started by v4: it records every later patch it passes
+                # Started by v4, the newest patch's version: it records every patch it passes.
+                # A future patch moves this stop to its own marker (docs/retiring-versions.md).
+                return set()
             if patch is not None:
                 patches.add(patch)
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
