@@ -17,7 +17,8 @@ from temporalio.client import Client
 
 from polar_credits.api import codec, health, metrics, webhooks
 from polar_credits.api.metrics import Metrics
-from polar_credits.api.operator import backfills, grants, reconcile
+from polar_credits.api.operator import backfills, reconcile
+from polar_credits.api.operator.grants.routes import router as grants_router
 from polar_credits.api.operator.rules import router as rules_router
 from polar_credits.api.problems import validation_problem
 from polar_credits.codec import payload_codec
@@ -111,7 +112,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(backfills.router)
     app.include_router(reconcile.router)
-    app.include_router(grants.router)
+    app.include_router(grants_router)
     app.include_router(rules_router)
     app.include_router(codec.router)
     _serve_docs_offline(app)

@@ -26,8 +26,8 @@ with workflow.unsafe.imports_passed_through():
         RevokeInput,
         RevokeState,
         RevokeStatus,
-        plan_revoke,
     )
+    from polar_credits.revoke_plan import plan_revoke
     from polar_credits.workflows.order_credits import (
         HEARTBEAT_TIMEOUT,
         INGEST_RETRY,

@@ -24,8 +24,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from polar_credits import ui_summaries as ui
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.operator.auth import OPERATOR, WriterDep
-from polar_credits.api.operator.grants import ID_VALUE
-from polar_credits.api.operator.route import OperatorRoute
+from polar_credits.api.operator.grants.query import ID_VALUE
+from polar_credits.api.operator.route import WRITER_ANSWER, OperatorRoute
+from polar_credits.api.operator.run_status import ENDED_UNFINISHED, chain_status_name
 from polar_credits.api.operator.temporal_errors import check_input_size, temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
@@ -52,14 +53,6 @@ router = APIRouter(
 
 FINGERPRINT_MEMO = "request_sha256"
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
-# Runs that ended without finishing: the same request starts the backfill again, which goes
-# through every page once more (Polar dedupes what was already granted).
-UNFINISHED = {
-    WorkflowExecutionStatus.FAILED,
-    WorkflowExecutionStatus.TERMINATED,
-    WorkflowExecutionStatus.CANCELED,
-    WorkflowExecutionStatus.TIMED_OUT,
-}
 
 Key = Annotated[str, Field(pattern=BACKFILL_KEY.pattern, description="The idempotency key")]
 # The ids the grants routes take (ID_VALUE: at most 256 characters, no spaces or quotes).
@@ -153,17 +146,6 @@ def _meter(request: Request, name: str) -> BackfillMeter:
     )
 
 
-_STATUS_NAMES = {
-    WorkflowExecutionStatus.RUNNING: "running",
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
-    WorkflowExecutionStatus.COMPLETED: "completed",
-    WorkflowExecutionStatus.FAILED: "failed",
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.CANCELED: "canceled",
-    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
-}
-
-
 async def _view(settings: Settings, handle: WorkflowHandle, key: str) -> BackfillView | None:
     """The backfill as it stands, or None when there is none with this key."""
     try:
@@ -176,7 +158,7 @@ async def _view(settings: Settings, handle: WorkflowHandle, key: str) -> Backfil
     view = BackfillView(
         key=key,
         workflow_id=handle.id,
-        status=_STATUS_NAMES.get(state, "running"),
+        status=chain_status_name(state),
         ui_url=workflow_ui_url(settings, handle.id),
     )
     progress: BackfillProgress | None = None
@@ -229,7 +211,7 @@ def _conflict(key: str) -> HTTPException:
     summary="Start a backfill (idempotent by key)",
     responses={
         200: {"model": BackfillView, "description": "This key's backfill already exists."},
-        403: {"model": Problem, "description": "A read token: this needs a write token."},
+        **WRITER_ANSWER,
         409: {"model": Problem, "description": "The key was used with another request."},
         413: {
             "model": Problem,
@@ -259,7 +241,9 @@ async def start_backfill(
         existing, state = await _fingerprint(handle)
         if existing is not None and existing != fingerprint:
             raise _conflict(body.key)
-        if existing is None or state in UNFINISHED:
+        # A run that ended without finishing: the same request starts the backfill again,
+        # which goes through every page once more (Polar dedupes what was already granted).
+        if existing is None or state in ENDED_UNFINISHED:
             await _start(temporal, settings, body, meter, fingerprint, operator.name)
             code = status.HTTP_202_ACCEPTED
         else:

@@ -18,7 +18,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.operator.auth import OPERATOR, WriterDep
-from polar_credits.api.operator.route import OperatorRoute
+from polar_credits.api.operator.route import WRITER_ANSWER, OperatorRoute
+from polar_credits.api.operator.run_status import chain_status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
@@ -32,14 +33,6 @@ router = APIRouter(
 )
 
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
-_STATUS_NAMES = {
-    WorkflowExecutionStatus.RUNNING: "running",
-    WorkflowExecutionStatus.COMPLETED: "completed",
-    WorkflowExecutionStatus.FAILED: "failed",
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.CANCELED: "canceled",
-    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
-}
 
 
 class ReconcileRun(BaseModel):
@@ -60,7 +53,7 @@ class ReconcileRun(BaseModel):
     status_code=202,
     summary="Run reconciliation now",
     responses={
-        403: {"model": Problem, "description": "A read token: this needs a write token."},
+        **WRITER_ANSWER,
         503: {"model": Problem, "description": "Temporal is unavailable; try again."},
     },
 )
@@ -109,7 +102,7 @@ async def reconcile_run(
         raise temporal_error(exc) from exc
     return ReconcileRun(
         workflow_id=workflow_id,
-        status=_STATUS_NAMES.get(state, "running"),
+        status=chain_status_name(state),
         report=report,
         ui_url=workflow_ui_url(settings, workflow_id),
         started_by=operator,

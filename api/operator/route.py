@@ -39,6 +39,10 @@ MAX_BODY_BYTES = 1024 * 1024
 TOKEN_ANSWERS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No valid operator token."},
 }
+# A route that changes something answers a read token so (listed in its own `responses`).
+WRITER_ANSWER: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "A read token: this needs a write token."},
+}
 BODY_ANSWERS: dict[int | str, dict[str, Any]] = {
     408: {"model": Problem, "description": "The body did not arrive in time."},
     413: {"model": Problem, "description": "Body larger than 1 MiB."},

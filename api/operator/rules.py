@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 from polar_credits import ui_summaries as ui
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.operator.auth import OPERATOR
-from polar_credits.api.operator.grants import ID_VALUE
+from polar_credits.api.operator.grants.query import ID_VALUE
 from polar_credits.api.operator.route import OperatorRoute
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem

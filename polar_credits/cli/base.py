@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from enum import IntEnum
 from typing import Any, NoReturn
 
@@ -114,3 +116,14 @@ def _cell(value: Any) -> str:
 
 
 JsonOption = typer.Option(False, "--json", help="Print the API's JSON answer, for scripts.")
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process now, skipping the interpreter's teardown: Temporal's Rust core threads
+    may still hand a result back to Python while it finalizes, which kills the process with
+    "Fatal Python error: PyGILState_Release" (temporalio/sdk-python#300; worker.py does the
+    same)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(int(code))

@@ -11,3 +11,4 @@ from polar_credits.cli import rules  # noqa: E402, F401
 from polar_credits.cli import grants  # noqa: E402, F401
 from polar_credits.cli import setup  # noqa: E402, F401
 from polar_credits.cli import recover  # noqa: E402, F401
+from polar_credits.cli import versions  # noqa: E402, F401

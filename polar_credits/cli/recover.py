@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from polar_credits import ui_summaries as ui
-from polar_credits.cli.base import ExitCode, JsonOption, app, console, emit, errors, fail
+from polar_credits.cli.base import (
+    ExitCode,
+    JsonOption,
+    app,
+    console,
+    emit,
+    errors,
+    exit_process,
+    fail,
+)
 from polar_credits.models import VerificationPolicy
 from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
@@ -190,15 +197,4 @@ def recover(
         code = exc.exit_code
     except KeyboardInterrupt:  # before the run was started: nothing was done
         code = ExitCode.FAILED
-    _exit_process(code)
-
-
-def _exit_process(code: int) -> NoReturn:
-    """End the process now, skipping the interpreter's teardown: Temporal's Rust core threads
-    may still hand a result back to Python while it finalizes, which kills the process with
-    "Fatal Python error: PyGILState_Release" (temporalio/sdk-python#300; worker.py does the
-    same)."""
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(int(code))
+    exit_process(code)

@@ -40,10 +40,10 @@ from polar_credits.operator_grants import (
     key_part,
     manual_grant_external_id,
     manual_grant_workflow_id,
-    plan_revoke,
     revoke_external_id,
     revoke_workflow_id,
 )
+from polar_credits.revoke_plan import plan_revoke
 from polar_credits.workflows.manual_grant import ManualGrantWorkflow
 from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 
