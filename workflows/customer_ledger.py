@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsResult,
         order_key,
     )
+    from polar_credits.workflows.policies import should_continue_as_new
 
 # Continue as new well before Temporal's own suggestion (10,240 events by default): each
 # reservation is a handful of events, and the state stays small.
@@ -56,12 +57,7 @@ class CustomerLedgerWorkflow:
         workflow.set_current_details(
             ui.ledger_current(state.customer_key, len(state.totals), state.runs)
         )
-        await workflow.wait_condition(
-            lambda: (
-                workflow.info().get_current_history_length() >= limit
-                or workflow.info().is_continue_as_new_suggested()
-            )
-        )
+        await workflow.wait_condition(lambda: should_continue_as_new(limit))
         # Updates accepted before this point finish first; later ones go to the next run.
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._state.runs += 1

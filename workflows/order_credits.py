@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -42,7 +41,16 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held
-    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
+    from polar_credits.workflows.policies import (
+        ACTIVITY_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        INGEST_TIMEOUT,
+        LOOKUP_TIMEOUT,
+        METER_READ_RETRY,
+        RELEASE_RETRY,
+        UNTIL_DONE_RETRY,
+    )
+    from polar_credits.workflows.verification import verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.
@@ -54,32 +62,6 @@ PERIOD_PATCH = "period-grants"
 # reason, the first-order fact, per-customer caps reserved in the customer's ledger) and tag
 # themselves with the keys of the rules that granted.
 DECISION_PATCH = "decision-record"
-
-# Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
-INGEST_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
-)
-# A grant may wait for its batch's permit, and for a 429's retry-after, beyond a minute;
-# heartbeats tell Temporal within seconds when its worker died.
-INGEST_TIMEOUT = timedelta(minutes=10)
-# A failed meter read is just a missed check: the polling loop tries again later.
-READ_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-)
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
-# Reading Polar's orders and reserving in the ledger: transient trouble only delays the grant.
-LOOKUP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
-)
-LOOKUP_TIMEOUT = timedelta(minutes=2)
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -136,7 +118,7 @@ class OrderCreditsWorkflow:
                 IngestGrantsInput(grants=grants),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_ingest(_units(grants), len(grants)),
             )
         except ActivityError as err:
@@ -181,7 +163,7 @@ class OrderCreditsWorkflow:
                         created_at=order.created_at,
                     ),
                     start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=LOOKUP_RETRY,
+                    retry_policy=UNTIL_DONE_RETRY,
                     summary=ui.activity_first_order(),
                 )
                 decision = await workflow.execute_local_activity_method(
@@ -198,7 +180,7 @@ class OrderCreditsWorkflow:
                     LedgerActivities.reserve_capped_units,
                     ReserveUnitsInput(customer_id=order.customer_id, reservations=reservations),
                     start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=LOOKUP_RETRY,
+                    retry_policy=UNTIL_DONE_RETRY,
                     summary=ui.activity_reserve(sum(r.units for r in reservations)),
                 )
                 self._reserved = reservations
@@ -222,7 +204,7 @@ class OrderCreditsWorkflow:
             LedgerActivities.release_capped_units,
             ReserveUnitsInput(customer_id=order.customer_id, reservations=self._reserved),
             start_to_close_timeout=LOOKUP_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            retry_policy=RELEASE_RETRY,
             summary=ui.activity_release(sum(r.units for r in self._reserved)),
         )
 
@@ -280,7 +262,7 @@ class OrderCreditsWorkflow:
                 "ingest_grants",
                 grants,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 result_type=IngestResult,
                 summary=ui.activity_ingest(_units(grants), len(grants)),
             )
@@ -319,7 +301,7 @@ class OrderCreditsWorkflow:
                     "read_meter",
                     check,
                     start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    retry_policy=READ_RETRY,
+                    retry_policy=METER_READ_RETRY,
                     result_type=MeterReading,
                     summary=ui.activity_read_meter(first.meter),
                 )

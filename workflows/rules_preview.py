@@ -7,10 +7,7 @@ lookup) and the API never calls Polar itself. Short-lived: the API executes it a
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
@@ -22,21 +19,10 @@ with workflow.unsafe.imports_passed_through():
         FetchOrderInput,
         FirstOrderInput,
         OrderDecision,
-        PolarErrorType,
         ReserveUnitsInput,
         RulesPreviewInput,
     )
-
-# Someone is waiting for the answer: a few quick tries, then say what failed.
-PREVIEW_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_attempts=3,
-    non_retryable_error_types=[
-        PolarErrorType.ORDER_NOT_FOUND.value,
-        PolarErrorType.GRANT_REJECTED.value,
-    ],
-)
-PREVIEW_ACTIVITY_TIMEOUT = timedelta(seconds=20)
+    from polar_credits.workflows.policies import PREVIEW_ACTIVITY_TIMEOUT, PREVIEW_RETRY
 
 
 @workflow.defn

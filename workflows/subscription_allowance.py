@@ -43,11 +43,12 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held, count_refused
-    from polar_credits.workflows.order_credits import (
+    from polar_credits.workflows.policies import (
         ACTIVITY_TIMEOUT,
         HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
         INGEST_TIMEOUT,
+        UNTIL_DONE_RETRY,
+        should_continue_as_new,
     )
 
 # Statuses in which a due period is granted; others hold it (past_due, incomplete) or end
@@ -96,7 +97,7 @@ class SubscriptionAllowanceWorkflow:
         workflow.set_current_details(ui.allowance_waiting(input.status))
         await workflow.wait_condition(lambda: bool(self._inbox) or self._state.facts is not None)
         while True:
-            if self._should_continue_as_new():
+            if should_continue_as_new(self._history_limit):
                 self._continue_as_new()
             self._take_inbox()
             facts = self._state.facts
@@ -129,11 +130,15 @@ class SubscriptionAllowanceWorkflow:
             if self._decided_at is None or self._decided_at < due:
                 self._rules_stale = True  # each grant uses the rules as they are when it is due
                 continue
-            await self._settle(rule, index, due, now)
+            await self._handle_due_period(rule, index, due, now)
 
     # -- one due period -------------------------------------------------------------------
 
-    async def _settle(self, rule: AllowanceRule, index: int, due: datetime, now: datetime) -> None:
+    async def _handle_due_period(
+        self, rule: AllowanceRule, index: int, due: datetime, now: datetime
+    ) -> None:
+        """A period that is due: skipped (passed while held, or paused), held (the
+        subscription is not in good standing or not paid that far), or granted."""
         facts = self._state.facts
         assert facts is not None and self._state.anchor is not None
         cadence = parse_cadence(rule.every)
@@ -175,7 +180,7 @@ class SubscriptionAllowanceWorkflow:
                 ),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_grant_allowance(rule.units, rule.rule_id, period),
             )
         except ActivityError as err:
@@ -416,13 +421,6 @@ class SubscriptionAllowanceWorkflow:
             ui.allowance_done(why, self._state.grants_total, self._state.units_total)
         )
         return self._state
-
-    def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= self._history_limit
-        )
 
     def _continue_as_new(self) -> None:
         self._take_inbox()
