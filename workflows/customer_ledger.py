@@ -14,7 +14,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
-    from polar_credits.decision import cap_outcome
     from polar_credits.models import (
         CapReservation,
         LedgerState,
@@ -22,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsResult,
         order_key,
     )
+    from polar_credits.rules import cap_outcome
     from polar_credits.workflows.policies import should_continue_as_new
 
 # Continue as new well before Temporal's own suggestion (10,240 events by default): each

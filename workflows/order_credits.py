@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.logsafe import shown
     from polar_credits.models import (
         CapReservation,
@@ -40,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsInput,
         order_key,
     )
+    from polar_credits.rules import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.worker_metrics import count_held
     from polar_credits.workflows.policies import (
         ACTIVITY_TIMEOUT,

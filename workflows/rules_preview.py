@@ -13,7 +13,6 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.decision import apply_caps, cap_reservations
     from polar_credits.models import (
         DecideOrderInput,
         FetchOrderInput,
@@ -22,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsInput,
         RulesPreviewInput,
     )
+    from polar_credits.rules import apply_caps, cap_reservations
     from polar_credits.workflows.policies import PREVIEW_ACTIVITY_TIMEOUT, PREVIEW_RETRY
 
 
