@@ -21,8 +21,6 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.models import (
         CapReservation,
         CreditStatus,
-        DecideOrderInput,
-        FirstOrderInput,
         Grant,
         HeldGrant,
         IngestGrantsInput,
@@ -33,14 +31,14 @@ with workflow.unsafe.imports_passed_through():
         MeterVerification,
         OrderCreditsInput,
         OrderCreditsState,
-        OrderDecision,
         OrderFacts,
         PolarErrorType,
         ReserveUnitsInput,
         order_key,
     )
-    from polar_credits.rules import apply_caps, cap_reservations, granted_rule_keys
+    from polar_credits.rules import granted_rule_keys
     from polar_credits.worker_metrics import count_held
+    from polar_credits.workflows.deciding import ORDER_DECISION, OrderDecisionStep
     from polar_credits.workflows.policies import (
         ACTIVITY_TIMEOUT,
         HEARTBEAT_TIMEOUT,
@@ -144,50 +142,15 @@ class OrderCreditsWorkflow:
         """The decision record, then each capped grant cut to what the customer's ledger
         allows; returns the grants to make."""
         assert self._state is not None
-        # Local activities: no server round trip, which matters on a busy cluster.
-        decision: OrderDecision = await workflow.execute_local_activity_method(
-            CreditActivities.decide_order_grants,
-            DecideOrderInput(order=order),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            summary=ui.activity_decide(),
-        )
+        step = OrderDecisionStep(order, ORDER_DECISION)
         try:
-            if decision.needs:
-                # Only when a rule with `first_order` matches on everything else.
-                fact = await workflow.execute_activity_method(
-                    CreditActivities.look_up_first_order,
-                    FirstOrderInput(
-                        order_id=order.order_id,
-                        customer_id=order.customer_id,
-                        product_id=order.product_id,
-                        created_at=order.created_at,
-                    ),
-                    start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=UNTIL_DONE_RETRY,
-                    summary=ui.activity_first_order(),
-                )
-                decision = await workflow.execute_local_activity_method(
-                    CreditActivities.decide_order_grants,
-                    DecideOrderInput(order=order, first_order=fact),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    summary=ui.activity_decide(),
-                )
-            reservations = cap_reservations(decision)
-            if reservations:
-                # An update of the customer's ledger run (activities/ledger.py): it serves
-                # the customer's orders one at a time, so two of them never share a cap.
-                reserved = await workflow.execute_activity_method(
-                    LedgerActivities.reserve_capped_units,
-                    ReserveUnitsInput(customer_id=order.customer_id, reservations=reservations),
-                    start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=UNTIL_DONE_RETRY,
-                    summary=ui.activity_reserve(sum(r.units for r in reservations)),
-                )
-                self._reserved = reservations
-                decision = apply_caps(decision, reserved.outcomes)
+            decision = await step.run()
         except ActivityError as err:
-            self._state.decision = decision
+            if step.decision is None:
+                raise  # the first decision itself failed: nothing decided to record
+            self._state.decision = step.decision
             self._fail(order, err)
+        self._reserved = step.reserved
         self._state.decision = decision
         if decision.held:
             _report_held(order, decision.held)
