@@ -22,11 +22,8 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.rules import cap_outcome
-    from polar_credits.workflows.policies import should_continue_as_new
+    from polar_credits.workflows.policies import HISTORY_LIMIT, should_continue_as_new
 
-# Continue as new well before Temporal's own suggestion (10,240 events by default): each
-# reservation is a handful of events, and the state stays small.
-HISTORY_LIMIT = 2000
 # Reservations are remembered so that a retried one counts once; retries come within minutes,
 # so the next run carries only the most recent ones (the totals are carried whole). A retry
 # older than that would count twice: a customer then gets less, never more than the cap.

@@ -86,6 +86,12 @@ PREVIEW_ACTIVITY_TIMEOUT = timedelta(seconds=20)
 
 # -- continue-as-new --------------------------------------------------------------------
 
+# Events before a long-lived run (a subscription's allowance, a customer's ledger, the rules
+# registry) continues as new, well before Temporal's own suggestion (10,240 events) and limit
+# (51,200): a granted period costs about a dozen events, a reservation or an accepted rules
+# file a handful, so the state carried stays small. A run's input may set a lower one (tests).
+HISTORY_LIMIT = 2_000
+
 
 def should_continue_as_new(history_limit: int) -> bool:
     """Whether a long-lived run should hand its state to a fresh run now: its history has

@@ -10,10 +10,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.rule_keys import REGISTRY_MEMO, AcceptedRules, RegistryState
-    from polar_credits.workflows.policies import should_continue_as_new
-
-# Events before the run continues as new (each accepted file is one signal: a handful).
-HISTORY_LIMIT = 2_000
+    from polar_credits.workflows.policies import HISTORY_LIMIT, should_continue_as_new
 
 
 @workflow.defn

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.workflows.policies import (
         ACTIVITY_TIMEOUT,
         HEARTBEAT_TIMEOUT,
+        HISTORY_LIMIT,
         INGEST_TIMEOUT,
         UNTIL_DONE_RETRY,
         should_continue_as_new,
@@ -55,9 +56,6 @@ with workflow.unsafe.imports_passed_through():
 # the run (ENDED_STATUSES). A paused subscription's periods are skipped, not made up.
 GOOD_STANDING = frozenset({"active", "trialing"})
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired", "unpaid"})
-# Continue as new past this many history events (Temporal warns at 10,240 and stops at 51,200);
-# one granted period costs about a dozen.
-HISTORY_LIMIT = 2_000
 # What the state keeps of the past, so it stays small across continue-as-new.
 GRANTS_KEPT = 24
 SKIPS_KEPT = 24
