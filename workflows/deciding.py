@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from polar_credits.rules import apply_caps, cap_reservations
     from polar_credits.workflows.policies import (
-        ACTIVITY_TIMEOUT,
+        DECIDE_TIMEOUT,
         LOOKUP_TIMEOUT,
         PREVIEW_ACTIVITY_TIMEOUT,
         PREVIEW_RETRY,
@@ -48,7 +48,7 @@ class DecisionOptions:
 # An order run: transient trouble in the lookup or the ledger only delays the grant.
 ORDER_DECISION = DecisionOptions(
     preview=False,
-    decide_timeout=ACTIVITY_TIMEOUT,
+    decide_timeout=DECIDE_TIMEOUT,
     lookup_timeout=LOOKUP_TIMEOUT,
     lookup_retry=UNTIL_DONE_RETRY,
 )

@@ -40,7 +40,8 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.worker_metrics import count_held
     from polar_credits.workflows.deciding import ORDER_DECISION, OrderDecisionStep
     from polar_credits.workflows.policies import (
-        ACTIVITY_TIMEOUT,
+        DECIDE_TIMEOUT,
+        FIRST_RELEASE_TIMEOUT,
         HEARTBEAT_TIMEOUT,
         INGEST_TIMEOUT,
         LOOKUP_TIMEOUT,
@@ -95,7 +96,7 @@ class OrderCreditsWorkflow:
             grants = await workflow.execute_local_activity_method(
                 CreditActivities.evaluate_rules,
                 order,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                start_to_close_timeout=DECIDE_TIMEOUT,
                 summary=ui.activity_decide(),
             )
         self._state.grants = grants
@@ -224,7 +225,7 @@ class OrderCreditsWorkflow:
             self._state.ingest = await workflow.execute_activity(
                 "ingest_grants",
                 grants,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                start_to_close_timeout=FIRST_RELEASE_TIMEOUT,
                 retry_policy=UNTIL_DONE_RETRY,
                 result_type=IngestResult,
                 summary=ui.activity_ingest(_units(grants), len(grants)),
@@ -263,7 +264,7 @@ class OrderCreditsWorkflow:
                 reading: MeterReading = await workflow.execute_local_activity(
                     "read_meter",
                     check,
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    start_to_close_timeout=FIRST_RELEASE_TIMEOUT,
                     retry_policy=METER_READ_RETRY,
                     result_type=MeterReading,
                     summary=ui.activity_read_meter(first.meter),

@@ -67,8 +67,10 @@ PREVIEW_RETRY = RetryPolicy(
 # Every activity that may wait on Polar or the shared budget heartbeats: Temporal learns
 # within seconds that its worker died.
 HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-# Deciding (local activities) and the first release's per-order ingest and meter reads.
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
+# Deciding: the local activities that evaluate the rules.
+DECIDE_TIMEOUT = timedelta(seconds=30)
+# The first release's per-order ingest and meter reads (its runs replay on them).
+FIRST_RELEASE_TIMEOUT = timedelta(seconds=30)
 # A grant may wait for its batch's permit, and for a 429's retry-after, beyond a minute.
 INGEST_TIMEOUT = timedelta(minutes=10)
 # Reading Polar's orders (the first-order lookup) and reserving in the customer's ledger.

@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
         stamp,
     )
     from polar_credits.workflows.policies import (
-        ACTIVITY_TIMEOUT,
+        DECIDE_TIMEOUT,
         HEARTBEAT_TIMEOUT,
         HISTORY_LIMIT,
         INGEST_TIMEOUT,
@@ -252,7 +252,7 @@ class SubscriptionAllowanceWorkflow:
         rules: list[AllowanceRule] = await workflow.execute_local_activity_method(
             AllowanceActivities.allowance_rules,
             AllowanceRulesInput(facts=self._state.facts),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            start_to_close_timeout=DECIDE_TIMEOUT,
             summary=ui.activity_decide(),
         )
         self._rules_stale = False

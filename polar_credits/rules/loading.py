@@ -23,7 +23,7 @@ def parse_rules(text: str, source: str = "<rules>") -> RulesFile:
         rules = RulesFile.model_validate(raw)
     except ValidationError as exc:
         raise RulesError(
-            f"{source}: " + "; ".join(_describe(err, raw) for err in exc.errors())
+            f"{source}: " + "; ".join(_error_line(err, raw) for err in exc.errors())
         ) from None
     rules._version = rules_version(text.encode("utf-8"))
     return rules
@@ -44,7 +44,8 @@ def load_rules(path: Path) -> RulesFile:
     return parse_rules(text, str(path))
 
 
-def _describe(err: dict, raw: dict) -> str:
+def _error_line(err: dict, raw: dict) -> str:
+    """One validation error as a line: which rule or meter, which field, what is wrong."""
     loc = list(err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
