@@ -129,8 +129,8 @@ class Rule(BaseModel):
     active_from: datetime | None = None
     active_until: datetime | None = None
     # Whether the order must be (true) or must not be (false) the customer's first paid order
-    # for its product; looked up through Polar's Orders API when a rule asks (polar_credits/
-    # decision.py), so `matches` alone does not judge it.
+    # for its product; looked up through Polar's Orders API when a rule asks and judged by
+    # the engine (engine.py), so `matches` alone does not judge it.
     first_order: StrictBool | None = None
     # A lifetime cap on what this rule grants one customer, enforced by the customer's ledger
     # run (workflows/customer_ledger.py).
