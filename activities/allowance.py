@@ -7,8 +7,6 @@ the workflow history.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -24,7 +22,14 @@ from polar_credits.models import (
     PolarErrorType,
     order_key,
 )
-from polar_credits.rules import RulesFile, allowance_external_id, decide_allowance_rules
+from polar_credits.rules import (
+    RulesFile,
+    allowance_external_id,
+    capped_units,
+    decide_allowance_rules,
+    period_units,
+    reads_balance,
+)
 from polar_credits.worker_metrics import record_grants
 
 
@@ -44,32 +49,6 @@ def allowance_event(input: AllowanceGrantInput, units: int, external_id: str) ->
             "source": "polar-credits",
         },
     }
-
-
-def capped_units(
-    rule: AllowanceRule, balance: float, modified_at: datetime | None, recent: list[AllowanceGrant]
-) -> tuple[int, float]:
-    """What a capped rule grants, from a balance Polar may not have recomputed yet.
-
-    The balance counted is Polar's, plus this run's own grants stored after Polar last
-    recomputed it (the read cannot show them yet). Usage not recomputed yet is not counted,
-    which only makes the balance look higher: the grant can come out smaller than it should,
-    never larger. Returns (units to grant, balance counted)."""
-    pending = sum(
-        g.units
-        for g in recent
-        if not g.already_granted
-        and g.stored_by is not None
-        and (modified_at is None or datetime.fromisoformat(g.stored_by) > modified_at)
-    )
-    counted = balance + pending
-    if rule.top_up_to is not None:
-        return max(0, int(rule.top_up_to - counted)), counted
-    assert rule.units is not None and rule.rollover_cap is not None
-    # Unused credit above the cap is not carried: the new period's grant shrinks by it
-    # (credits are never taken away, so a balance far above the cap just gets no grant).
-    excess = max(0.0, counted - rule.rollover_cap)
-    return max(0, int(rule.units - excess)), counted
 
 
 def within_max(units: int) -> int:
@@ -108,7 +87,7 @@ class AllowanceActivities:
             input.subscription_id, rule.rule_key or rule.rule_id, input.period_start
         )
         balance_seen = None
-        if rule.top_up_to is not None or rule.rollover_cap is not None:
+        if reads_balance(rule):
             row = await heartbeating(self._gateway.customer_meter(input.customer_id, rule.meter_id))
             units, balance_seen = capped_units(
                 rule,
@@ -117,7 +96,7 @@ class AllowanceActivities:
                 input.recent,
             )
         else:
-            units = rule.units or 0
+            units = period_units(rule)
         within_max(units)
         grant = AllowanceGrant(
             rule_id=rule.rule_id,

@@ -19,7 +19,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
-from polar_credits.decision import explain_order
 from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import shown
 from polar_credits.models import (
@@ -41,7 +40,7 @@ from polar_credits.models import (
     order_key,
 )
 from polar_credits.orders import PaidOrder, order_facts
-from polar_credits.rules import RulesFile, decide_grants
+from polar_credits.rules import RulesFile, decide_grants, explain_order
 from polar_credits.worker_metrics import record_grants, record_verifications
 
 log = logging.getLogger("polar_credits.activities")

@@ -22,8 +22,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
-from polar_credits.decision import cap_outcome
 from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
+from polar_credits.rules import cap_outcome
 from polar_credits.workflows.customer_ledger import (
     CustomerLedgerWorkflow,
     ledger_workflow_id,

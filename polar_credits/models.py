@@ -236,7 +236,7 @@ class OrderCreditsState:
     decision: OrderDecision | None = None
 
 
-# -- the decision record: why an order got what it got (polar_credits/decision.py) -----------
+# -- the decision record: why an order got what it got (polar_credits/rules/engine.py) ------
 
 
 @dataclass

@@ -141,8 +141,9 @@ class PaidOrder(BaseModel):
         return unknown
 
     def refusal(self, metadata_keys: MetadataKeys | frozenset[str]) -> str | None:
-        """Why this order can never be processed, or None. Only for values no real Polar
-        order has; the answer tells Polar to stop retrying, and operators see it."""
+        """Why this payload can never be processed, or None. Only for values no real Polar
+        order has; the answer tells Polar to stop retrying, and operators see it. Whether a
+        readable order may grant is a decision: the engine's `grant_refusal`."""
         if len(self.id) > MAX_ORDER_ID_CHARS:
             return f"order id is longer than {MAX_ORDER_ID_CHARS} characters"
         for name in ("customer_id", "product_id", "subscription_id"):

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from polar_credits.activities.allowance import capped_units
 from polar_credits.models import AllowanceGrant, AllowanceRule
+from polar_credits.rules import capped_units
 
 READ_AT = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)  # the balance's modified_at
 AFTER, BEFORE, SAME = 5, -5, 0  # seconds from READ_AT at which Polar stored a grant

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from polar_credits.decision import (
+from polar_credits.models import FirstOrderFact, OrderFacts
+from polar_credits.rules import (
     apply_caps,
     cap_outcome,
     cap_reservations,
+    decide_grants,
     explain_order,
     granted_rule_keys,
+    load_rules,
     needs_first_order,
+    parse_rules,
 )
-from polar_credits.models import FirstOrderFact, OrderFacts
-from polar_credits.rules import decide_grants, load_rules, parse_rules
 
 RULES_TEXT = """
 [meters.api]

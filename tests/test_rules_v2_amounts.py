@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from polar_credits.decision import explain_order
 from polar_credits.models import OrderFacts, SubscriptionFacts
 from polar_credits.orders import PaidOrder, PolarSubscription, order_facts, subscription_facts
 from polar_credits.rules import (
@@ -17,6 +16,7 @@ from polar_credits.rules import (
     allowance_external_id,
     decide_allowance_rules,
     decide_grants,
+    explain_order,
     parse_rules,
 )
 

@@ -9,10 +9,7 @@ It continues as new every few pages, carrying cursor and counts.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
@@ -23,19 +20,11 @@ with workflow.unsafe.imports_passed_through():
         BackfillProgress,
         BackfillTarget,
     )
-    from polar_credits.models import PolarErrorType
-
-# Transient Polar trouble only delays the backfill: retry each page forever, bounded interval.
-PAGE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
-)
-# A page waits for two permits of the shared budget (listing, ingest), maybe behind a 429's
-# retry-after; heartbeats tell Temporal within seconds that its worker died.
-PAGE_TIMEOUT = timedelta(minutes=10)
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+    from polar_credits.workflows.policies import (
+        HEARTBEAT_TIMEOUT,
+        PAGE_TIMEOUT,
+        UNTIL_DONE_RETRY,
+    )
 
 
 @workflow.defn
@@ -69,7 +58,7 @@ class BackfillWorkflow:
                 ),
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PAGE_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_grant_page(page, request.units),
             )
             if request.target == BackfillTarget.CUSTOMERS:

@@ -14,7 +14,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
-    from polar_credits.decision import cap_outcome
     from polar_credits.models import (
         CapReservation,
         LedgerState,
@@ -22,10 +21,9 @@ with workflow.unsafe.imports_passed_through():
         ReserveUnitsResult,
         order_key,
     )
+    from polar_credits.rules import cap_outcome
+    from polar_credits.workflows.policies import HISTORY_LIMIT, should_continue_as_new
 
-# Continue as new well before Temporal's own suggestion (10,240 events by default): each
-# reservation is a handful of events, and the state stays small.
-HISTORY_LIMIT = 2000
 # Reservations are remembered so that a retried one counts once; retries come within minutes,
 # so the next run carries only the most recent ones (the totals are carried whole). A retry
 # older than that would count twice: a customer then gets less, never more than the cap.
@@ -56,12 +54,7 @@ class CustomerLedgerWorkflow:
         workflow.set_current_details(
             ui.ledger_current(state.customer_key, len(state.totals), state.runs)
         )
-        await workflow.wait_condition(
-            lambda: (
-                workflow.info().get_current_history_length() >= limit
-                or workflow.info().is_continue_as_new_suggested()
-            )
-        )
+        await workflow.wait_condition(lambda: should_continue_as_new(limit))
         # Updates accepted before this point finish first; later ones go to the next run.
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._state.runs += 1

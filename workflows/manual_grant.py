@@ -26,8 +26,12 @@ with workflow.unsafe.imports_passed_through():
         ManualGrantState,
         manual_grant_external_id,
     )
-    from polar_credits.workflows.order_credits import INGEST_RETRY, INGEST_TIMEOUT
-    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
+    from polar_credits.workflows.policies import (
+        HEARTBEAT_TIMEOUT,
+        INGEST_TIMEOUT,
+        UNTIL_DONE_RETRY,
+    )
+    from polar_credits.workflows.verification import verify_meters
 
 
 @workflow.defn
@@ -62,7 +66,7 @@ class ManualGrantWorkflow:
                 ),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_ingest(input.units),
             )
         except ActivityError as err:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -18,13 +17,10 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
     from polar_credits.logsafe import shown
     from polar_credits.models import (
         CapReservation,
         CreditStatus,
-        DecideOrderInput,
-        FirstOrderInput,
         Grant,
         HeldGrant,
         IngestGrantsInput,
@@ -35,14 +31,25 @@ with workflow.unsafe.imports_passed_through():
         MeterVerification,
         OrderCreditsInput,
         OrderCreditsState,
-        OrderDecision,
         OrderFacts,
         PolarErrorType,
         ReserveUnitsInput,
         order_key,
     )
+    from polar_credits.rules import granted_rule_keys
     from polar_credits.worker_metrics import count_held
-    from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
+    from polar_credits.workflows.deciding import ORDER_DECISION, OrderDecisionStep
+    from polar_credits.workflows.policies import (
+        DECIDE_TIMEOUT,
+        FIRST_RELEASE_TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        INGEST_TIMEOUT,
+        LOOKUP_TIMEOUT,
+        METER_READ_RETRY,
+        RELEASE_RETRY,
+        UNTIL_DONE_RETRY,
+    )
+    from polar_credits.workflows.verification import verify_meters
 
 # Runs started from here on ingest through the gateway and verify in one activity; runs of
 # the first release (per-order ingest, a timer loop of meter reads) replay on the old path.
@@ -54,32 +61,6 @@ PERIOD_PATCH = "period-grants"
 # reason, the first-order fact, per-customer caps reserved in the customer's ledger) and tag
 # themselves with the keys of the rules that granted.
 DECISION_PATCH = "decision-record"
-
-# Transient Polar trouble only delays a grant: retry forever, with a bounded interval.
-INGEST_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
-)
-# A grant may wait for its batch's permit, and for a 429's retry-after, beyond a minute;
-# heartbeats tell Temporal within seconds when its worker died.
-INGEST_TIMEOUT = timedelta(minutes=10)
-# A failed meter read is just a missed check: the polling loop tries again later.
-READ_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
-)
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
-# Reading Polar's orders and reserving in the ledger: transient trouble only delays the grant.
-LOOKUP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
-)
-LOOKUP_TIMEOUT = timedelta(minutes=2)
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -115,7 +96,7 @@ class OrderCreditsWorkflow:
             grants = await workflow.execute_local_activity_method(
                 CreditActivities.evaluate_rules,
                 order,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                start_to_close_timeout=DECIDE_TIMEOUT,
                 summary=ui.activity_decide(),
             )
         self._state.grants = grants
@@ -136,7 +117,7 @@ class OrderCreditsWorkflow:
                 IngestGrantsInput(grants=grants),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_ingest(_units(grants), len(grants)),
             )
         except ActivityError as err:
@@ -162,50 +143,15 @@ class OrderCreditsWorkflow:
         """The decision record, then each capped grant cut to what the customer's ledger
         allows; returns the grants to make."""
         assert self._state is not None
-        # Local activities: no server round trip, which matters on a busy cluster.
-        decision: OrderDecision = await workflow.execute_local_activity_method(
-            CreditActivities.decide_order_grants,
-            DecideOrderInput(order=order),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            summary=ui.activity_decide(),
-        )
+        step = OrderDecisionStep(order, ORDER_DECISION)
         try:
-            if decision.needs:
-                # Only when a rule with `first_order` matches on everything else.
-                fact = await workflow.execute_activity_method(
-                    CreditActivities.look_up_first_order,
-                    FirstOrderInput(
-                        order_id=order.order_id,
-                        customer_id=order.customer_id,
-                        product_id=order.product_id,
-                        created_at=order.created_at,
-                    ),
-                    start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=LOOKUP_RETRY,
-                    summary=ui.activity_first_order(),
-                )
-                decision = await workflow.execute_local_activity_method(
-                    CreditActivities.decide_order_grants,
-                    DecideOrderInput(order=order, first_order=fact),
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    summary=ui.activity_decide(),
-                )
-            reservations = cap_reservations(decision)
-            if reservations:
-                # An update of the customer's ledger run (activities/ledger.py): it serves
-                # the customer's orders one at a time, so two of them never share a cap.
-                reserved = await workflow.execute_activity_method(
-                    LedgerActivities.reserve_capped_units,
-                    ReserveUnitsInput(customer_id=order.customer_id, reservations=reservations),
-                    start_to_close_timeout=LOOKUP_TIMEOUT,
-                    retry_policy=LOOKUP_RETRY,
-                    summary=ui.activity_reserve(sum(r.units for r in reservations)),
-                )
-                self._reserved = reservations
-                decision = apply_caps(decision, reserved.outcomes)
+            decision = await step.run()
         except ActivityError as err:
-            self._state.decision = decision
+            if step.decision is None:
+                raise  # the first decision itself failed: nothing decided to record
+            self._state.decision = step.decision
             self._fail(order, err)
+        self._reserved = step.reserved
         self._state.decision = decision
         if decision.held:
             _report_held(order, decision.held)
@@ -222,7 +168,7 @@ class OrderCreditsWorkflow:
             LedgerActivities.release_capped_units,
             ReserveUnitsInput(customer_id=order.customer_id, reservations=self._reserved),
             start_to_close_timeout=LOOKUP_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            retry_policy=RELEASE_RETRY,
             summary=ui.activity_release(sum(r.units for r in self._reserved)),
         )
 
@@ -279,8 +225,8 @@ class OrderCreditsWorkflow:
             self._state.ingest = await workflow.execute_activity(
                 "ingest_grants",
                 grants,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                start_to_close_timeout=FIRST_RELEASE_TIMEOUT,
+                retry_policy=UNTIL_DONE_RETRY,
                 result_type=IngestResult,
                 summary=ui.activity_ingest(_units(grants), len(grants)),
             )
@@ -318,8 +264,8 @@ class OrderCreditsWorkflow:
                 reading: MeterReading = await workflow.execute_local_activity(
                     "read_meter",
                     check,
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    retry_policy=READ_RETRY,
+                    start_to_close_timeout=FIRST_RELEASE_TIMEOUT,
+                    retry_policy=METER_READ_RETRY,
                     result_type=MeterReading,
                     summary=ui.activity_read_meter(first.meter),
                 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
@@ -27,17 +26,12 @@ with workflow.unsafe.imports_passed_through():
         ReconcileResult,
         WatermarkInput,
     )
-
-PAGE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
-)
-# A page waits for a permit of the shared budget, maybe behind a 429's retry-after; the next
-# scheduled run starts afresh if this one gives up.
-PAGE_TIMEOUT = timedelta(minutes=10)
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-WATERMARK_TIMEOUT = timedelta(seconds=30)
+    from polar_credits.workflows.policies import (
+        HEARTBEAT_TIMEOUT,
+        PAGE_TIMEOUT,
+        RECONCILE_PAGE_RETRY,
+        WATERMARK_TIMEOUT,
+    )
 
 
 def _time(value: str) -> datetime:
@@ -55,7 +49,7 @@ class ReconcileWorkflow:
             ReconcileActivities.watermark,
             WatermarkInput(task_queue=input.task_queue),
             start_to_close_timeout=WATERMARK_TIMEOUT,
-            retry_policy=PAGE_RETRY,
+            retry_policy=RECONCILE_PAGE_RETRY,
             summary=ui.activity_watermark(),
         )
         if mark.created_at is not None:
@@ -79,7 +73,7 @@ class ReconcileWorkflow:
                 ),
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PAGE_RETRY,
+                retry_policy=RECONCILE_PAGE_RETRY,
                 summary=ui.activity_reconcile_page(page),
             )
             report.pages += 1

@@ -24,7 +24,11 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.activities.recover import RecoverActivities
     from polar_credits.reconciliation import ReconcilePageInput
     from polar_credits.recovery import RecoverInput, RecoverResult, RecoverSubscriptionsInput
-    from polar_credits.workflows.reconcile import HEARTBEAT_TIMEOUT, PAGE_RETRY, PAGE_TIMEOUT
+    from polar_credits.workflows.policies import (
+        HEARTBEAT_TIMEOUT,
+        PAGE_TIMEOUT,
+        RECONCILE_PAGE_RETRY,
+    )
 
 
 @workflow.defn
@@ -56,7 +60,7 @@ class RecoverWorkflow:
                 ),
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PAGE_RETRY,
+                retry_policy=RECONCILE_PAGE_RETRY,
                 summary=ui.activity_recover_page("paid orders", page),
             )
             report.order_pages += 1
@@ -92,7 +96,7 @@ class RecoverWorkflow:
                 ),
                 start_to_close_timeout=PAGE_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PAGE_RETRY,
+                retry_policy=RECONCILE_PAGE_RETRY,
                 summary=ui.activity_recover_page("subscriptions", page),
             )
             report.subscription_pages += 1

@@ -8,17 +8,15 @@ shows it; a balance that cannot be read fails the revoke, and nothing is taken b
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
-    from polar_credits.activities.operator import BALANCE_UNREADABLE, OperatorActivities
+    from polar_credits.activities.operator import OperatorActivities
     from polar_credits.models import PolarErrorType
     from polar_credits.operator_grants import (
         BalanceReadInput,
@@ -28,20 +26,14 @@ with workflow.unsafe.imports_passed_through():
         RevokeStatus,
     )
     from polar_credits.revoke_plan import plan_revoke
-    from polar_credits.workflows.order_credits import (
+    from polar_credits.workflows.policies import (
+        BALANCE_RETRY,
+        BALANCE_TIMEOUT,
         HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
         INGEST_TIMEOUT,
+        UNTIL_DONE_RETRY,
     )
 
-# A revoke waits on an operator: a few tries, then a clear failure rather than a guess.
-BALANCE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=4),
-    maximum_attempts=4,
-    non_retryable_error_types=[BALANCE_UNREADABLE, PolarErrorType.GRANT_REJECTED.value],
-)
-BALANCE_TIMEOUT = timedelta(minutes=2)
 
 
 @workflow.defn
@@ -100,7 +92,7 @@ class RevokeGrantWorkflow:
                 ),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_take_back(units),
             )
         except ActivityError as err:

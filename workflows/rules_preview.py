@@ -7,36 +7,18 @@ lookup) and the API never calls Polar itself. Short-lived: the API executes it a
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
-    from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.decision import apply_caps, cap_reservations
     from polar_credits.models import (
-        DecideOrderInput,
         FetchOrderInput,
-        FirstOrderInput,
         OrderDecision,
-        PolarErrorType,
-        ReserveUnitsInput,
         RulesPreviewInput,
     )
-
-# Someone is waiting for the answer: a few quick tries, then say what failed.
-PREVIEW_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_attempts=3,
-    non_retryable_error_types=[
-        PolarErrorType.ORDER_NOT_FOUND.value,
-        PolarErrorType.GRANT_REJECTED.value,
-    ],
-)
-PREVIEW_ACTIVITY_TIMEOUT = timedelta(seconds=20)
+    from polar_credits.workflows.deciding import PREVIEW_DECISION, OrderDecisionStep
+    from polar_credits.workflows.policies import PREVIEW_ACTIVITY_TIMEOUT, PREVIEW_RETRY
 
 
 @workflow.defn
@@ -53,43 +35,4 @@ class RulesPreviewWorkflow:
                 retry_policy=PREVIEW_RETRY,
                 summary=ui.activity_fetch_order(),
             )
-        decide = DecideOrderInput(order=order, preview=True)
-        decision: OrderDecision = await workflow.execute_local_activity_method(
-            CreditActivities.decide_order_grants,
-            decide,
-            start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
-            summary=ui.activity_decide(),
-        )
-        if decision.needs:
-            decide.first_order = await workflow.execute_activity_method(
-                CreditActivities.look_up_first_order,
-                FirstOrderInput(
-                    order_id=order.order_id,
-                    customer_id=order.customer_id,
-                    product_id=order.product_id,
-                    created_at=order.created_at,
-                ),
-                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
-                retry_policy=PREVIEW_RETRY,
-                summary=ui.activity_first_order(),
-            )
-            decision = await workflow.execute_local_activity_method(
-                CreditActivities.decide_order_grants,
-                decide,
-                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
-                summary=ui.activity_decide(),
-            )
-        reservations = cap_reservations(decision)
-        if reservations:
-            # Reads the ledger's totals (a query): nothing reserved, no ledger started.
-            totals = await workflow.execute_activity_method(
-                LedgerActivities.reserve_capped_units,
-                ReserveUnitsInput(
-                    customer_id=order.customer_id, reservations=reservations, dry_run=True
-                ),
-                start_to_close_timeout=PREVIEW_ACTIVITY_TIMEOUT,
-                retry_policy=PREVIEW_RETRY,
-                summary=ui.activity_read_caps(),
-            )
-            decision = apply_caps(decision, totals.outcomes)
-        return decision
+        return await OrderDecisionStep(order, PREVIEW_DECISION).run()

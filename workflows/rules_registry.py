@@ -10,9 +10,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.rule_keys import REGISTRY_MEMO, AcceptedRules, RegistryState
-
-# Events before the run continues as new (each accepted file is one signal: a handful).
-HISTORY_LIMIT = 2_000
+    from polar_credits.workflows.policies import HISTORY_LIMIT, should_continue_as_new
 
 
 @workflow.defn
@@ -26,12 +24,7 @@ class RulesRegistryWorkflow:
     async def run(self, state: RegistryState) -> None:
         self._publish()
         limit = state.history_limit or HISTORY_LIMIT
-        await workflow.wait_condition(
-            lambda: (
-                workflow.info().get_current_history_length() >= limit
-                or workflow.info().is_continue_as_new_suggested()
-            )
-        )
+        await workflow.wait_condition(lambda: should_continue_as_new(limit))
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(self._state)
 

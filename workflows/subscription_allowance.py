@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.allowance import AllowanceActivities
-    from polar_credits.cadence import Cadence, parse_cadence
+    from polar_credits.cadence import parse_cadence
     from polar_credits.logsafe import shown
     from polar_credits.models import (
         AllowanceGrant,
@@ -43,20 +43,30 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
     from polar_credits.worker_metrics import count_held, count_refused
-    from polar_credits.workflows.order_credits import (
-        ACTIVITY_TIMEOUT,
+    from polar_credits.workflows.allowance_schedule import (
+        decision_fields,
+        ended,
+        ends_at,
+        meter_of,
+        newer,
+        next_due,
+        parse_time,
+        periods_from_now,
+        stamp,
+    )
+    from polar_credits.workflows.policies import (
+        DECIDE_TIMEOUT,
         HEARTBEAT_TIMEOUT,
-        INGEST_RETRY,
+        HISTORY_LIMIT,
         INGEST_TIMEOUT,
+        UNTIL_DONE_RETRY,
+        should_continue_as_new,
     )
 
 # Statuses in which a due period is granted; others hold it (past_due, incomplete) or end
-# the run (ENDED_STATUSES). A paused subscription's periods are skipped, not made up.
+# the run (allowance_schedule.ENDED_STATUSES). A paused subscription's periods are skipped,
+# not made up.
 GOOD_STANDING = frozenset({"active", "trialing"})
-ENDED_STATUSES = frozenset({"canceled", "incomplete_expired", "unpaid"})
-# Continue as new past this many history events (Temporal warns at 10,240 and stops at 51,200);
-# one granted period costs about a dozen.
-HISTORY_LIMIT = 2_000
 # What the state keeps of the past, so it stays small across continue-as-new.
 GRANTS_KEPT = 24
 SKIPS_KEPT = 24
@@ -96,12 +106,12 @@ class SubscriptionAllowanceWorkflow:
         workflow.set_current_details(ui.allowance_waiting(input.status))
         await workflow.wait_condition(lambda: bool(self._inbox) or self._state.facts is not None)
         while True:
-            if self._should_continue_as_new():
+            if should_continue_as_new(self._history_limit):
                 self._continue_as_new()
             self._take_inbox()
             facts = self._state.facts
             assert facts is not None
-            if _ended(facts):
+            if ended(facts):
                 return self._finish("the subscription ended")
             now = workflow.now()
             if self._rules_stale:
@@ -114,7 +124,7 @@ class SubscriptionAllowanceWorkflow:
                 self._state.begun = True
                 self._adopt(self._state.rules, at_once=True)
             rule, index, due = self._next_due()
-            ends = _ends_at(facts)
+            ends = ends_at(facts)
             if ends is not None and (due is None or due >= ends):
                 if now >= ends:
                     return self._finish("the subscription ended at the end of its period")
@@ -129,16 +139,20 @@ class SubscriptionAllowanceWorkflow:
             if self._decided_at is None or self._decided_at < due:
                 self._rules_stale = True  # each grant uses the rules as they are when it is due
                 continue
-            await self._settle(rule, index, due, now)
+            await self._handle_due_period(rule, index, due, now)
 
     # -- one due period -------------------------------------------------------------------
 
-    async def _settle(self, rule: AllowanceRule, index: int, due: datetime, now: datetime) -> None:
+    async def _handle_due_period(
+        self, rule: AllowanceRule, index: int, due: datetime, now: datetime
+    ) -> None:
+        """A period that is due: skipped (passed while held, or paused), held (the
+        subscription is not in good standing or not paid that far), or granted."""
         facts = self._state.facts
         assert facts is not None and self._state.anchor is not None
         cadence = parse_cadence(rule.every)
-        anchor = _time(self._state.anchor)
-        period = _stamp(due)
+        anchor = parse_time(self._state.anchor)
+        period = stamp(due)
         if cadence.start(anchor, index + 1) <= now:
             self._skip(rule, index, period, "its period passed while the grant was held")
             return
@@ -149,7 +163,7 @@ class SubscriptionAllowanceWorkflow:
             await self._wait(AllowanceStatus.HELD, None, f"the subscription is {facts.status}")
             return
         paid_through = self._state.paid_through
-        if paid_through is not None and due >= _time(paid_through):
+        if paid_through is not None and due >= parse_time(paid_through):
             await self._wait(
                 AllowanceStatus.HELD,
                 None,
@@ -161,7 +175,7 @@ class SubscriptionAllowanceWorkflow:
     async def _grant(self, rule: AllowanceRule, index: int, period: str) -> None:
         state = self._state
         assert state.facts is not None
-        recent = [g for g in state.grants if _meter_of(state, g.rule_id) == rule.meter_id]
+        recent = [g for g in state.grants if meter_of(state, g.rule_id) == rule.meter_id]
         workflow.set_current_details(ui.allowance_granting(rule.units, rule.rule_id, period))
         try:
             grant: AllowanceGrant = await workflow.execute_activity_method(
@@ -175,7 +189,7 @@ class SubscriptionAllowanceWorkflow:
                 ),
                 start_to_close_timeout=INGEST_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=INGEST_RETRY,
+                retry_policy=UNTIL_DONE_RETRY,
                 summary=ui.activity_grant_allowance(rule.units, rule.rule_id, period),
             )
         except ActivityError as err:
@@ -238,7 +252,7 @@ class SubscriptionAllowanceWorkflow:
         rules: list[AllowanceRule] = await workflow.execute_local_activity_method(
             AllowanceActivities.allowance_rules,
             AllowanceRulesInput(facts=self._state.facts),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            start_to_close_timeout=DECIDE_TIMEOUT,
             summary=ui.activity_decide(),
         )
         self._rules_stale = False
@@ -259,32 +273,13 @@ class SubscriptionAllowanceWorkflow:
         """Rules that apply from now: at first, the period holding now is granted at once;
         a rule that starts to apply later (a product change) begins with the next period."""
         assert self._state.anchor is not None
-        anchor = _time(self._state.anchor)
-        now = workflow.now()
-        kept = {}
-        for rule in rules:
-            if rule.rule_id in self._state.next_period:
-                kept[rule.rule_id] = self._state.next_period[rule.rule_id]
-                continue
-            cadence = parse_cadence(rule.every)
-            index = cadence.index_at(anchor, now)
-            if not at_once and cadence.start(anchor, index) < now:
-                index += 1
-            kept[rule.rule_id] = index
-        self._state.next_period = kept
+        self._state.next_period = periods_from_now(
+            rules, self._state.next_period, parse_time(self._state.anchor), workflow.now(), at_once
+        )
 
     def _next_due(self) -> tuple[AllowanceRule | None, int, datetime | None]:
         assert self._state.anchor is not None
-        anchor = _time(self._state.anchor)
-        best: tuple[AllowanceRule | None, int, datetime | None] = (None, 0, None)
-        for rule in self._state.rules:
-            index = self._state.next_period.get(rule.rule_id)
-            if index is None:
-                continue
-            start = _cadence(rule).start(anchor, index)
-            if best[2] is None or start < best[2]:
-                best = (rule, index, start)
-        return best
+        return next_due(self._state.rules, self._state.next_period, parse_time(self._state.anchor))
 
     # -- messages -------------------------------------------------------------------------
 
@@ -315,13 +310,13 @@ class SubscriptionAllowanceWorkflow:
             if state.anchor is None:
                 state.anchor = facts.started_at or facts.current_period_start
             current = state.facts
-            if current is not None and not _newer(facts, current):
+            if current is not None and not newer(facts, current):
                 continue
-            if current is None or _decision_fields(facts) != _decision_fields(current):
+            if current is None or decision_fields(facts) != decision_fields(current):
                 self._rules_stale = True
             state.facts = facts
         if state.anchor is None and state.facts is not None:
-            state.anchor = state.facts.modified_at or _stamp(workflow.now())
+            state.anchor = state.facts.modified_at or stamp(workflow.now())
 
     def _refuse(self, observation: SubscriptionObservation, customer_id: str) -> None:
         """A message naming another customer than the subscription's: a subscription's
@@ -351,7 +346,7 @@ class SubscriptionAllowanceWorkflow:
         """Wait for a message, or until `until`; shows the state and next grant meanwhile."""
         if status == AllowanceStatus.HELD_OVER_MAX and why is None and self._state.held:
             why = self._state.held[-1].reason
-        self._state.next_grant_at = _stamp(grant_at) if grant_at else None
+        self._state.next_grant_at = stamp(grant_at) if grant_at else None
         self._state.held_because = why
         self._set_status(status)
         state = self._state
@@ -417,64 +412,7 @@ class SubscriptionAllowanceWorkflow:
         )
         return self._state
 
-    def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= self._history_limit
-        )
-
     def _continue_as_new(self) -> None:
         self._take_inbox()
         carried = replace(self._state, runs=self._state.runs + 1)
         workflow.continue_as_new(carried)
-
-
-def _cadence(rule: AllowanceRule) -> Cadence:
-    return parse_cadence(rule.every)
-
-
-def _meter_of(state: AllowanceState, rule_id: str) -> str | None:
-    return next((r.meter_id for r in state.rules if r.rule_id == rule_id), None)
-
-
-def _ended(facts: SubscriptionFacts) -> bool:
-    return facts.ended_at is not None or facts.status in ENDED_STATUSES
-
-
-def _ends_at(facts: SubscriptionFacts) -> datetime | None:
-    """When a subscription canceled at period end stops: no grant at or after it."""
-    if not facts.cancel_at_period_end:
-        return None
-    end = facts.ends_at or facts.current_period_end
-    return _time(end) if end else None
-
-
-def _newer(incoming: SubscriptionFacts, current: SubscriptionFacts) -> bool:
-    """Whether `incoming` replaces `current`: never over an ended subscription; an ended one
-    always; otherwise by Polar's `modified_at` (the same moment: the later arrival)."""
-    if _ended(current):
-        return False
-    if _ended(incoming):
-        return True
-    if incoming.modified_at is None or current.modified_at is None:
-        return current.modified_at is None
-    return _time(incoming.modified_at) >= _time(current.modified_at)
-
-
-def _decision_fields(facts: SubscriptionFacts) -> tuple:
-    """What the cadence rules look at: a change in any of these re-decides them."""
-    return (
-        facts.product_id,
-        facts.seats,
-        facts.status == "trialing",
-        sorted(facts.metadata.items()),
-    )
-
-
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

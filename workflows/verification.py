@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
@@ -19,11 +18,8 @@ with workflow.unsafe.imports_passed_through():
         VerificationPolicy,
         VerifyGrantsInput,
     )
+    from polar_credits.workflows.policies import HEARTBEAT_TIMEOUT, VERIFY_RETRY
 
-HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-VERIFY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-)
 VERIFY_SLACK = timedelta(minutes=5)
 
 

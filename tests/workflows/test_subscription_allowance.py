@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
-from polar_credits.activities.allowance import capped_units, within_max
+from polar_credits.activities.allowance import within_max
 from polar_credits.cadence import parse_cadence
 from polar_credits.models import (
     AllowanceGrant,
@@ -35,7 +35,12 @@ from polar_credits.models import (
     SubscriptionFacts,
     SubscriptionObservation,
 )
-from polar_credits.rules import allowance_external_id, decide_allowance_rules, parse_rules
+from polar_credits.rules import (
+    allowance_external_id,
+    capped_units,
+    decide_allowance_rules,
+    parse_rules,
+)
 from polar_credits.workflows.subscription_allowance import (
     SubscriptionAllowanceWorkflow,
     allowance_workflow_id,

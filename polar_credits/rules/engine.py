@@ -1,17 +1,22 @@
-"""The decision record: each rule's verdict on an order, with a one-line reason, and the grants.
+"""The decision engine: from an order's facts, the rules and what was looked up (the
+first-order fact, the customer's caps), which grants the order gets and why.
 
-`explain_order` walks the rules the way `decide_grants` does (precedence, stop), but keeps
-every rule's verdict. Whether a rule matches is `Rule.verdict` (which `Rule.matches` is made
-of) plus the looked-up `first_order` fact, and its grant is `decide_grants`' own for that rule,
-so the record can never disagree with what is granted.
+This is where an order's credits are decided. `grant_refusal` says whether an order may
+grant at all; `explain_order` keeps every rule's verdict with a one-line reason (the
+decision record an order run and a preview show); `decide_grants` is the same decision as a
+bare list, for the first release's runs. A cadence rule's applicability to a subscription is
+`decide_allowance_rules`. Workflows run the engine through activities
+(workflows/deciding.py), so a run's decision is recorded in its history.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from polar_credits.cadence import parse_cadence
 from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.models import (
+    AllowanceRule,
     CapOutcome,
     CapReservation,
     FirstOrderFact,
@@ -20,22 +25,32 @@ from polar_credits.models import (
     OrderDecision,
     OrderFacts,
     RuleVerdict,
+    SubscriptionFacts,
 )
-from polar_credits.rules import RulesFile, decide_grants
+from polar_credits.rules.amounts import fixed_units, order_units
+from polar_credits.rules.external_ids import grant_external_id
+from polar_credits.rules.matching import applies_to_subscription
+from polar_credits.rules.schema import Rule, RulesFile
 
 GRANTING_STATUSES = ("paid", "partially_refunded", "refunded")
 FIRST_ORDER = "first_order"
 
 
-def grant_key_of(grant: Grant) -> str:
-    """The key of the rule that made a grant (grants decided before keys: the rule id)."""
-    return grant.rule_key or grant.rule_id
+def grant_refusal(order: OrderFacts) -> str | None:
+    """Why no rule may grant on this order at all, or None. A decision about a readable
+    order (unlike `PaidOrder.refusal`, which says a payload can never be processed)."""
+    if order.status not in GRANTING_STATUSES:
+        return f"order status {order.status}: only paid orders grant"
+    # Polar publishes a canceled subscription's final invoice as a cycle order: no new cycle.
+    if order.billing_reason == "subscription_cycle" and order.subscription_status == "canceled":
+        return "final invoice of a canceled subscription: no new cycle"
+    return None
 
 
 def needs_first_order(rules: RulesFile, order: OrderFacts) -> bool:
     """Whether deciding this order needs the first-order lookup: some rule with a
     `first_order` condition matches it on every other condition."""
-    if _order_refusal(order):
+    if grant_refusal(order):
         return False
     return any(rule.first_order is not None and rule.matches(order) for rule in rules.rules)
 
@@ -59,7 +74,7 @@ def explain_order(
     if first_order is None and needs_first_order(rules, order):
         decision.needs = [FIRST_ORDER]
         return decision
-    refusal = _order_refusal(order)
+    refusal = grant_refusal(order)
     stopped_by: str | None = None
     for rule in rules.by_precedence():
         verdict = RuleVerdict(
@@ -76,7 +91,7 @@ def explain_order(
         if stopped_by is not None:
             verdict.reason = f"skipped: an earlier rule with stop matched ({stopped_by})"
             continue
-        matched, reason = rule.verdict(order)  # Rule.matches is verdict(order)[0]
+        matched, reason = rule.verdict(order)
         if not matched:
             verdict.reason = reason
             continue
@@ -86,8 +101,8 @@ def explain_order(
                 verdict.reason = _first_order_reason(rule.first_order, first_order)
                 continue
         verdict.matched = True
-        grants = decide_grants(rules.model_copy(update={"rules": [rule]}), order)
-        units = sum(g.units for g in grants)
+        grant = _grant(rules, rule, order)
+        units = grant.units if grant else 0
         verdict.units = units
         verdict.reason = f"matched: {units} units" if units else "matched: 0 units, no grant"
         if over_max(units):
@@ -97,11 +112,57 @@ def explain_order(
             verdict.units = 0
             verdict.reason = f"{'would be held' if decision.preview else 'held'}: {reason}"
             decision.held.append(HeldGrant(rule_id=rule.id, units=units, reason=reason))
-            grants = []
-        decision.grants.extend(g for g in grants if g.units > 0)
+            grant = None
+        if grant is not None:
+            decision.grants.append(grant)
         if rule.stop:
             stopped_by = rule.id
     return decision
+
+
+def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
+    """The grants alone, as the first release decided them: no first-order condition judged,
+    no per-grant maximum (its runs replay on this)."""
+    if grant_refusal(order):
+        return []
+    grants = []
+    for rule in rules.by_precedence():
+        if not rule.matches(order):
+            continue
+        grant = _grant(rules, rule, order)
+        if grant is not None:
+            grants.append(grant)
+        if rule.stop:
+            break
+    return grants
+
+
+def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[AllowanceRule]:
+    """The cadence rules that apply to the subscription as it is now (its product, seats,
+    metadata and trial state)."""
+    decided = []
+    for rule in rules.rules:
+        if not applies_to_subscription(rule, facts):
+            continue
+        meter = rules.meters[rule.meter]
+        decided.append(
+            AllowanceRule(
+                rule_id=rule.id,
+                every=str(parse_cadence(rule.every)),
+                meter=rule.meter,
+                meter_id=meter.id,
+                event_name=meter.event_name,
+                property=meter.property,
+                units=fixed_units(rule, facts.seats),
+                top_up_to=rule.top_up_to,
+                rollover_cap=rule.rollover_cap,
+                rule_key=rule.stable_key,
+            )
+        )
+    return decided
+
+
+# -- per-customer caps: what the ledger is asked, and what it allowed ------------------------
 
 
 def cap_reservations(decision: OrderDecision) -> list[CapReservation]:
@@ -147,17 +208,12 @@ def cap_reason(outcome: CapOutcome, preview: bool = False) -> str:
     return f"{verb}: {outcome.allowed} of {outcome.wanted} units ({before})"
 
 
-def cap_outcome(reservation: CapReservation, granted_before: int) -> CapOutcome:
-    """What a ledger holding `granted_before` units of the rule allows this reservation."""
-    allowed = max(0, min(reservation.units, reservation.cap - granted_before))
-    return CapOutcome(
-        rule_key=reservation.rule_key,
-        grant_id=reservation.grant_id,
-        wanted=reservation.units,
-        allowed=allowed,
-        granted_before=granted_before,
-        cap=reservation.cap,
-    )
+# -- reading a decision -------------------------------------------------------------------
+
+
+def grant_key_of(grant: Grant) -> str:
+    """The key of the rule that made a grant (grants decided before keys: the rule id)."""
+    return grant.rule_key or grant.rule_id
 
 
 def granted_rule_keys(decision: OrderDecision) -> list[str]:
@@ -178,16 +234,26 @@ def describe(decision: OrderDecision) -> list[str]:
     return lines
 
 
-# -- reasons ------------------------------------------------------------------------
-
-
-def _order_refusal(order: OrderFacts) -> str | None:
-    """Why no rule can grant on this order at all (decide_grants' own gate)."""
-    if order.status not in GRANTING_STATUSES:
-        return f"order status {order.status}: only paid orders grant"
-    if order.billing_reason == "subscription_cycle" and order.subscription_status == "canceled":
-        return "final invoice of a canceled subscription: no new cycle"
-    return None
+def _grant(rules: RulesFile, rule: Rule, order: OrderFacts) -> Grant | None:
+    """A matching rule's grant on the order; None when it comes to 0 units (a $0 order at
+    so much per dollar), which grants nothing but still matched (and stops, with stop)."""
+    units = order_units(rule, order)
+    if units <= 0:
+        return None
+    meter = rules.meters[rule.meter]
+    return Grant(
+        rule_id=rule.id,
+        meter=rule.meter,
+        meter_id=meter.id,
+        event_name=meter.event_name,
+        property=meter.property,
+        units=units,
+        customer_id=order.customer_id,
+        order_id=order.order_id,
+        external_id=grant_external_id(order, rule.stable_key),
+        reason=order.billing_reason,
+        rule_key=rule.stable_key,
+    )
 
 
 def _first_order_reason(wanted: bool, fact: FirstOrderFact) -> str:
