@@ -15,6 +15,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
 from polar_credits import ui_summaries as ui
+from polar_credits.identity import budget_workflow_id
 from polar_credits.workflows.polar_budget import (
     BudgetState,
     Permit,
@@ -22,7 +23,6 @@ from polar_credits.workflows.polar_budget import (
     PolarBudgetWorkflow,
     ThrottleReport,
     budget_task_queue,
-    budget_workflow_id,
 )
 
 log = logging.getLogger("polar_credits.budget")

@@ -20,10 +20,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.decision import cap_outcome
+from polar_credits.identity import ledger_customer_key, ledger_workflow_id
 from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
 from polar_credits.workflows.customer_ledger import (
     CustomerLedgerWorkflow,
-    ledger_workflow_id,
     reservation_slot,
 )
 
@@ -45,7 +45,7 @@ class LedgerActivities:
         text = ui.ledger_start(input.customer_id)
         start = WithStartWorkflowOperation(
             CustomerLedgerWorkflow.run,
-            LedgerState(customer_key=workflow_id.removeprefix("customer-ledger-")),
+            LedgerState(customer_key=ledger_customer_key(input.customer_id)),
             id=workflow_id,
             task_queue=self._task_queue,
             # The ledger is running almost always: then the update goes to it.

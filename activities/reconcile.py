@@ -22,12 +22,12 @@ from polar_credits import ui_summaries as ui
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.activities.recover import tell_running
-from polar_credits.logsafe import shown
+from polar_credits.identity import order_workflow_id, safe_key_part
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     OrderCreditsInput,
     OrderFacts,
     SubscriptionObservation,
-    order_key,
 )
 from polar_credits.orders import PaidOrder, SubscriptionSnapshot, order_facts, subscription_facts
 from polar_credits.reconciliation import (
@@ -38,7 +38,7 @@ from polar_credits.reconciliation import (
     WatermarkInput,
 )
 from polar_credits.rules import RulesFile
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 
 log = logging.getLogger("polar_credits.reconcile")
 
@@ -126,7 +126,7 @@ class ReconcileActivities:
                 result.ignored += 1
                 continue
             if await self._start(order_facts(order, keys), input):
-                result.started.append(order_key(order.id))
+                result.started.append(safe_key_part(order.id))
             else:
                 result.already_handled += 1
             if input.allowances and order.subscription_id:
@@ -168,7 +168,7 @@ class ReconcileActivities:
             )
         except WorkflowAlreadyStartedError:
             return False
-        log.info("reconcile: order %s had no run; started %s", shown(facts.order_id), workflow_id)
+        log.info("reconcile: order %s had no run; started %s", for_log(facts.order_id), workflow_id)
         return True
 
     def all(self) -> list:

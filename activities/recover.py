@@ -22,7 +22,8 @@ from polar_credits import ui_summaries as ui
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.api.allowances import steer_allowance
-from polar_credits.logsafe import shown
+from polar_credits.identity import allowance_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import SubscriptionObservation
 from polar_credits.orders import PolarSubscription, subscription_facts
 from polar_credits.recovery import (
@@ -34,7 +35,6 @@ from polar_credits.recovery import (
 from polar_credits.rules import RulesFile
 from polar_credits.workflows.subscription_allowance import (
     SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
 )
 
 log = logging.getLogger("polar_credits.recover")
@@ -177,7 +177,9 @@ class RecoverActivities:
             outcome = await deliver(self._client, input.task_queue, self._rules, observation)
             if outcome == "started":
                 result.started.append(subscription.id)
-                log.info("recover: subscription %s: allowance run started", shown(subscription.id))
+                log.info(
+                    "recover: subscription %s: allowance run started", for_log(subscription.id)
+                )
             elif outcome == "running":
                 result.already_running += 1
             elif outcome == "ended":

@@ -20,12 +20,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
-from polar_credits.logsafe import shown
+from polar_credits.identity import allowance_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
 from polar_credits.workflows.subscription_allowance import (
     SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
 )
 
 log = logging.getLogger("polar_credits.api")
@@ -91,7 +91,7 @@ async def steer_allowance(
                 )
     except WorkflowAlreadyStartedError:
         # The run ended (the subscription ended): nothing more to tell it.
-        log.info("subscription %s: allowance run has ended", shown(facts.subscription_id))
+        log.info("subscription %s: allowance run has ended", for_log(facts.subscription_id))
         return Delivery("ended", workflow_id)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
@@ -102,9 +102,9 @@ async def steer_allowance(
         raise AllowanceUnavailable(type(exc).__name__) from exc
     log.info(
         "subscription %s: %s delivered to %s",
-        shown(facts.subscription_id),
-        shown(observation.event_type or "message", 60),
-        shown(workflow_id),
+        for_log(facts.subscription_id),
+        for_log(observation.event_type or "message", 60),
+        for_log(workflow_id),
     )
     return Delivery("signalled", workflow_id)
 

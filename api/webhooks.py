@@ -46,7 +46,8 @@ from polar_credits.api.payloads import (
     read_capped_body,
 )
 from polar_credits.api.problems import Problem
-from polar_credits.logsafe import shown
+from polar_credits.identity import order_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     OrderCreditsInput,
     OrderFacts,
@@ -61,7 +62,7 @@ from polar_credits.orders import (
     subscription_facts,
 )
 from polar_credits.settings import Settings
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 
 log = logging.getLogger("polar_credits.api")
 router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)
@@ -280,10 +281,10 @@ async def polar_webhook(
     if unknown:
         for field in unknown:
             _metrics(request).count(UNKNOWN_VALUES, field=field)
-        described = ", ".join(f"{field} {shown(value, 40)!r}" for field, value in unknown.items())
+        described = ", ".join(f"{field} {for_log(value, 40)!r}" for field, value in unknown.items())
         log.warning(
             "order %s: ignored, unknown %s; nothing granted (upgrade, then redeliver from Polar)",
-            shown(order.id),
+            for_log(order.id),
             described,
         )
         return _answer(
@@ -362,7 +363,7 @@ async def _deliver(
         subscription_id = observation.facts.subscription_id
         log.warning(
             "subscription %s: Temporal unavailable (%s); asking Polar to retry",
-            shown(subscription_id),
+            for_log(subscription_id),
             exc,
         )
         raise _refuse(
@@ -376,7 +377,7 @@ def _refused(request: Request, event_type: str, order_id: str, reason: str) -> J
 
 def _refusal(event_type: str, resource_id: str, reason: str) -> WebhookAnswer:
     what = "subscription" if event_type.startswith("subscription.") else "order"
-    log.warning("%s %s: refused for good, %s; nothing started", what, shown(resource_id), reason)
+    log.warning("%s %s: refused for good, %s; nothing started", what, for_log(resource_id), reason)
     return WebhookAnswer(
         status="refused", event_type=event_type, detail=f"{reason}; nothing started"
     )
@@ -420,8 +421,8 @@ async def _start(
     except WorkflowAlreadyStartedError:
         log.info(
             "order %s: duplicate delivery, run %s exists",
-            shown(facts.order_id),
-            shown(workflow_id),
+            for_log(facts.order_id),
+            for_log(workflow_id),
         )
         answer.status = "duplicate"
         return answer
@@ -433,13 +434,13 @@ async def _start(
     except (TimeoutError, RuntimeError) as exc:
         # RuntimeError: the lazy client could not connect at all.
         raise _unavailable(request, facts, type(exc).__name__) from None
-    log.info("order %s: started %s", shown(facts.order_id), shown(workflow_id))
+    log.info("order %s: started %s", for_log(facts.order_id), for_log(workflow_id))
     return answer
 
 
 def _unavailable(request: Request, facts: OrderFacts, cause: str) -> HTTPException:
     _metrics(request).count(START_ERRORS, workflow="order", cause=cause)
     log.warning(
-        "order %s: Temporal unavailable (%s); asking Polar to retry", shown(facts.order_id), cause
+        "order %s: Temporal unavailable (%s); asking Polar to retry", for_log(facts.order_id), cause
     )
     return _refuse(request, 503, "temporal_unavailable", "Temporal is unreachable; retry later")

@@ -27,9 +27,14 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import ui_summaries as ui
+from polar_credits.identity import (
+    RECONCILE_RUN_PREFIX,
+    RECONCILE_SCHEDULE_ID,
+    reconcile_now_workflow_id,
+)
 from polar_credits.models import VerificationPolicy
 from polar_credits.operators import OPERATOR_MEMO
-from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
+from polar_credits.reconciliation import ReconcileInput
 from polar_credits.settings import Settings
 from polar_credits.workflows.reconcile import ReconcileWorkflow
 
@@ -56,7 +61,7 @@ def reconcile_schedule(settings: Settings) -> Schedule:
         action=ScheduleActionStartWorkflow(
             ReconcileWorkflow.run,
             reconcile_input(settings),
-            id=RUN_ID_PREFIX,  # Temporal appends the scheduled time
+            id=RECONCILE_RUN_PREFIX,  # Temporal appends the scheduled time
             task_queue=settings.credits_task_queue,
             execution_timeout=RUN_TIMEOUT,
             static_summary=text.summary,
@@ -88,11 +93,11 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
         return
     schedule = reconcile_schedule(settings)
     try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
+        await client.create_schedule(RECONCILE_SCHEDULE_ID, schedule)
         log.info(
             "reconciliation scheduled every %gs (%s)",
             settings.credits_reconcile_interval_seconds,
-            SCHEDULE_ID,
+            RECONCILE_SCHEDULE_ID,
         )
         return
     except ScheduleAlreadyRunningError:
@@ -109,16 +114,16 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
             )
         )
 
-    await client.get_schedule_handle(SCHEDULE_ID).update(update)
+    await client.get_schedule_handle(RECONCILE_SCHEDULE_ID).update(update)
     log.info(
         "reconciliation schedule %s updated: every %gs",
-        SCHEDULE_ID,
+        RECONCILE_SCHEDULE_ID,
         settings.credits_reconcile_interval_seconds,
     )
 
 
 async def _turn_off(client: Client) -> None:
-    handle = client.get_schedule_handle(SCHEDULE_ID)
+    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
     try:
         described = await handle.describe()
     except RPCError as exc:
@@ -128,7 +133,10 @@ async def _turn_off(client: Client) -> None:
         raise
     if not described.schedule.state.paused:
         await handle.pause(note=OFF_NOTE)
-    log.info("reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused", SCHEDULE_ID)
+    log.info(
+        "reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused",
+        RECONCILE_SCHEDULE_ID,
+    )
 
 
 async def start_reconcile_now(
@@ -136,12 +144,11 @@ async def start_reconcile_now(
 ) -> WorkflowHandle:
     """A run now, beside the schedule's (same input): what `POST /reconcile` starts, with the
     operator token's name in its memo."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     text = ui.reconcile_start(scheduled=False)
     return await client.start_workflow(
         ReconcileWorkflow.run,
         reconcile_input(settings),
-        id=f"{RUN_ID_PREFIX}-now-{stamp}",
+        id=reconcile_now_workflow_id(datetime.now(UTC)),
         task_queue=settings.credits_task_queue,
         execution_timeout=RUN_TIMEOUT,
         memo={OPERATOR_MEMO: operator} if operator else None,

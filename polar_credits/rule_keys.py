@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from polar_credits.identity import registry_workflow_id
+
 if TYPE_CHECKING:
     from temporalio.client import Client
 
     from polar_credits.rules import Rule, RulesFile
 
-REGISTRY_WORKFLOW_ID = "polar-credits-rules"
-DEFAULT_TASK_QUEUE = "polar-credits"
 # The registry mirrors what it holds into this memo field: the worker reads it at start-up,
 # before any worker polls (a query would wait for one).
 REGISTRY_MEMO = "accepted_rule_keys"
@@ -134,13 +134,6 @@ def _overlap(old: list[str] | None, new: list[str] | None) -> list[str] | None:
     if new is None:
         return list(old)
     return [product for product in old if product in new]
-
-
-def registry_workflow_id(task_queue: str) -> str:
-    """One registry per deployment (task queue): `polar-credits-rules` for the default one."""
-    if task_queue == DEFAULT_TASK_QUEUE:
-        return REGISTRY_WORKFLOW_ID
-    return f"{REGISTRY_WORKFLOW_ID}:{task_queue}"
 
 
 def granted_query(key: str, registered: RegisteredKey, task_queue: str) -> str:

@@ -36,7 +36,8 @@ from pydantic import (
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.grant_limit import MAX_GRANT_UNITS
-from polar_credits.models import AllowanceRule, Grant, OrderFacts, SubscriptionFacts, order_key
+from polar_credits.identity import grant_external_id
+from polar_credits.models import AllowanceRule, Grant, OrderFacts, SubscriptionFacts
 
 BillingReason = Literal[
     "purchase",
@@ -507,31 +508,6 @@ def _same(actual: object, wanted: str | int | bool) -> bool:
     return type(actual) is type(wanted) and actual == wanted
 
 
-# Orders that credit a subscription period, and the snapshot field that says which period.
-PERIOD_REASONS = {
-    "subscription_create": ("period", "subscription_period_start"),
-    "subscription_cycle": ("period", "subscription_period_start"),
-    "subscription_meter_cycle": ("meter-period", "subscription_meter_period_start"),
-}
-
-
-def grant_key(order: OrderFacts) -> str:
-    """What a grant is keyed on: the subscription period the order credits (so a second
-    order for the same period, a retried invoice or a re-bill, grants nothing), or, for a
-    purchase, a proration, or an order whose snapshot does not say the period, the order."""
-    kind, attribute = PERIOD_REASONS.get(order.billing_reason, (None, None))
-    start = getattr(order, attribute) if attribute else None
-    if kind and start and order.subscription_id:
-        return f"subscription:{order_key(order.subscription_id)}:{kind}:{start}"
-    return f"order:{order_key(order.order_id)}"
-
-
-def grant_external_id(order: OrderFacts, rule_key: str) -> str:
-    """Polar's dedupe key for a grant: business keys only (the rule's stable key, not its
-    id), so any retry, and any run after the rule is renamed, maps to the same event."""
-    return f"polar-credits:{grant_key(order)}:rule:{rule_key}"
-
-
 def currency_units(amount: int, currency: str) -> Decimal:
     """Polar's integer minor units (cents) as currency units; zero-decimal currencies (JPY,
     KRW, ...) are already whole units."""
@@ -573,15 +549,6 @@ def decide_grants(rules: RulesFile, order: OrderFacts) -> list[Grant]:
         if rule.stop:
             break
     return grants
-
-
-def allowance_external_id(subscription_id: str, rule_key: str, period_start: str) -> str:
-    """Polar's dedupe key for one allowance period: a second run for the subscription, a
-    reset of its run, a worker crash or a renamed rule (same key) maps to the same event."""
-    return (
-        f"polar-credits:subscription:{order_key(subscription_id)}:allowance:{rule_key}"
-        f":period:{period_start}"
-    )
 
 
 def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[AllowanceRule]:

@@ -19,7 +19,11 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
     from polar_credits.decision import apply_caps, cap_reservations, granted_rule_keys
-    from polar_credits.logsafe import shown
+
+    # Imported from here by api/operator/grants.py only, until it imports polar_credits.identity
+    # (issue 17 merge).
+    from polar_credits.identity import order_workflow_id  # noqa: F401
+    from polar_credits.logsafe import for_log
     from polar_credits.models import (
         CapReservation,
         CreditStatus,
@@ -39,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
         OrderFacts,
         PolarErrorType,
         ReserveUnitsInput,
-        order_key,
     )
     from polar_credits.worker_metrics import count_held
     from polar_credits.workflows.verification import HEARTBEAT_TIMEOUT, verify_meters
@@ -80,11 +83,6 @@ LOOKUP_RETRY = RetryPolicy(
     non_retryable_error_types=[PolarErrorType.GRANT_REJECTED.value],
 )
 LOOKUP_TIMEOUT = timedelta(minutes=2)
-
-
-def order_workflow_id(order_id: str) -> str:
-    """One id per order, so Temporal refuses a second run (see `order_key`)."""
-    return f"order-credits-{order_key(order_id)}"
 
 
 @workflow.defn
@@ -346,8 +344,8 @@ def _report_held(order: OrderFacts, held: list[HeldGrant]) -> None:
     for grant in held:
         workflow.logger.warning(
             "order %s, rule %s: %s",
-            shown(order.order_id),
-            shown(grant.rule_id),
+            for_log(order.order_id),
+            for_log(grant.rule_id),
             grant.reason,
         )
     count_held("order", len(held))

@@ -39,9 +39,9 @@ from polar_credits.backfills import (
     BackfillProgress,
     BackfillRequest,
     BackfillTarget,
-    backfill_workflow_id,
 )
 from polar_credits.grant_limit import MAX_GRANT_UNITS
+from polar_credits.identity import backfill_workflow_id
 from polar_credits.operators import OPERATOR_MEMO, started_by
 from polar_credits.settings import Settings
 from polar_credits.workflows.backfill import BackfillWorkflow

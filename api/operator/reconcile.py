@@ -22,9 +22,9 @@ from polar_credits.api.operator.route import OperatorRoute
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.identity import RECONCILE_RUN_PREFIX
 from polar_credits.operators import started_by
 from polar_credits.reconcile_schedule import start_reconcile_now
-from polar_credits.reconciliation import RUN_ID_PREFIX
 from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 router = APIRouter(
@@ -91,7 +91,7 @@ async def reconcile_run(
     temporal: TemporalDep,
 ) -> ReconcileRun:
     missing = HTTPException(status.HTTP_404_NOT_FOUND, f"No reconciliation run {workflow_id!r}.")
-    if not workflow_id.startswith(RUN_ID_PREFIX):
+    if not workflow_id.startswith(RECONCILE_RUN_PREFIX):
         raise missing
     handle = temporal.get_workflow_handle_for(ReconcileWorkflow.run, workflow_id)
     try:

@@ -7,7 +7,6 @@ fetches an order by id, looks up the first-order fact and reads the customer's l
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from polar_credits.api.operator.route import OperatorRoute
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.decision import describe
+from polar_credits.identity import preview_workflow_id
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
@@ -112,7 +112,7 @@ async def preview(
     """Explain the rules on one order: each rule's verdict and the grants, granting nothing
     and reserving nothing. Per-customer caps are shown as the customer's ledger stands now."""
     input = _preview_input(request, body)
-    workflow_id = f"rules-preview-{uuid.uuid4()}"
+    workflow_id = preview_workflow_id()
     text = ui.rules_preview_start(input.order.order_id if input.order else input.order_id)
     try:
         decision: OrderDecision = await temporal.execute_workflow(

@@ -24,8 +24,9 @@ from temporalio.service import RPCError
 
 from polar_credits import ui_summaries as ui
 from polar_credits.cli.base import ExitCode, JsonOption, app, console, emit, errors, fail
+from polar_credits.identity import recover_workflow_id
 from polar_credits.models import VerificationPolicy
-from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
+from polar_credits.recovery import RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
 from polar_credits.temporal_client import TemporalUnreachable, connect_temporal
 from polar_credits.workflows.recover import RecoverWorkflow
@@ -119,13 +120,13 @@ async def _recover(
         fail(str(exc), ExitCode.UNAVAILABLE)
     except SettingsError as exc:
         fail(str(exc), ExitCode.USAGE)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    now = datetime.now(UTC)
     queue = settings.credits_task_queue
     text = ui.recover_start(since.total_seconds(), subscriptions=subscriptions)
     handle = await client.start_workflow(
         RecoverWorkflow.run,
         recover_input(settings, since, subscriptions),
-        id=f"{RUN_ID_PREFIX}-{stamp}",
+        id=recover_workflow_id(now),
         task_queue=queue,
         execution_timeout=RUN_TIMEOUT,
         static_summary=text.summary,

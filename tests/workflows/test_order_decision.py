@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 from polar_credits import search_attributes as sa
 from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.decision import explain_order
+from polar_credits.identity import ledger_workflow_id
 from polar_credits.models import (
     CapReservation,
     DecideOrderInput,
@@ -40,7 +41,7 @@ from polar_credits.models import (
     VerifyGrantsResult,
 )
 from polar_credits.rules import parse_rules
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 
