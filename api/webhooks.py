@@ -24,18 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.requests import ClientDisconnect
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
-from polar_credits.api.allowances import (
-    AllowanceUnavailable,
-    Delivery,
-    steer_allowance,
-    wants_allowance,
-)
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
 from polar_credits.api.payloads import (
@@ -62,7 +54,13 @@ from polar_credits.orders import (
     subscription_facts,
 )
 from polar_credits.settings import Settings
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow
+from polar_credits.starters.allowances import (
+    AllowanceUnavailable,
+    Delivery,
+    steer_allowance,
+    wants_allowance,
+)
+from polar_credits.starters.orders import start_order_run
 
 log = logging.getLogger("polar_credits.api")
 router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)
@@ -396,11 +394,12 @@ async def _start(
         ui_url=workflow_ui_url(settings, workflow_id),
     )
     deadline = settings.credits_temporal_start_timeout_seconds
-    text = ui.order_run(facts, via=ui.VIA_WEBHOOK)
     try:
         async with asyncio.timeout(deadline):
-            await temporal.start_workflow(
-                OrderCreditsWorkflow.run,
+            # A run that failed may be run again by redelivering the webhook (the starter's
+            # reuse policy for the webhook).
+            await start_order_run(
+                temporal,
                 OrderCreditsInput(
                     order=facts,
                     verification=VerificationPolicy(
@@ -408,14 +407,8 @@ async def _start(
                         first_interval_seconds=settings.credits_verify_first_check_seconds,
                     ),
                 ),
-                id=workflow_id,
                 task_queue=settings.credits_task_queue,
-                # A run that failed (Polar rejected the grant) may be run again by
-                # redelivering the webhook; a run that granted, or still runs, never is.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
-                static_summary=text.summary,
-                static_details=text.details,
+                via=ui.VIA_WEBHOOK,
                 rpc_timeout=timedelta(seconds=deadline),
             )
     except WorkflowAlreadyStartedError:

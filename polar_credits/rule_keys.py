@@ -197,25 +197,3 @@ async def check_rule_keys(
     if problems and not allow_dropped:
         raise DroppedRuleKeys("\n".join(problems))
     return problems
-
-
-async def record_rule_keys(client: Client, task_queue: str, rules: RulesFile) -> None:
-    """Tell the registry (started on first use) that this file was accepted."""
-    from temporalio.common import WorkflowIDConflictPolicy
-
-    from polar_credits import ui_summaries as ui
-    from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
-
-    text = ui.rules_registry_start(task_queue)
-
-    await client.start_workflow(
-        RulesRegistryWorkflow.run,
-        RegistryState(),
-        id=registry_workflow_id(task_queue),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        start_signal="accept",
-        start_signal_args=[accepted_rules(rules)],
-        static_summary=text.summary,
-        static_details=text.details,
-    )

@@ -24,7 +24,8 @@ from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
 from polar_credits.identity import RECONCILE_RUN_PREFIX
 from polar_credits.operators import started_by
-from polar_credits.reconcile_schedule import start_reconcile_now
+from polar_credits.reconcile_schedule import reconcile_input
+from polar_credits.starters.runs import start_reconcile_now
 from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 router = APIRouter(
@@ -68,7 +69,9 @@ async def reconcile_now(
     settings: SettingsDep, temporal: TemporalDep, operator: WriterDep
 ) -> ReconcileRun:
     try:
-        handle = await start_reconcile_now(temporal, settings, operator=operator.name)
+        handle = await start_reconcile_now(
+            temporal, reconcile_input(settings), operator=operator.name
+        )
     except (RPCError, RuntimeError, TimeoutError) as exc:
         raise temporal_error(exc) from exc
     return ReconcileRun(
