@@ -45,7 +45,7 @@ async def start_order_run(
         id=order_workflow_id(input.order.order_id),
         task_queue=task_queue,
         id_reuse_policy=REUSE_POLICIES[via],
-        memo={OPERATOR_MEMO: operator} if operator else None,
+        memo={OPERATOR_MEMO: operator} if operator is not None else None,
         search_attributes=TypedSearchAttributes(sa.order_start_attributes(input.order)),
         static_summary=text.summary,
         static_details=text.details,
