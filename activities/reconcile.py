@@ -148,10 +148,10 @@ class ReconcileActivities:
         return 1 if told else 0
 
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
-        """Start the order's run as the webhook would; False when it already has one."""
+        """Start the order's run through the webhook's starter; False when it already has one.
+        Unlike a redelivered webhook, a repair never reruns a failed run (the starter's reuse
+        policy for reconciliation)."""
         try:
-            # Unlike a redelivered webhook, a repair never reruns a failed run (the starter's
-            # reuse policy for reconciliation).
             handle = await start_order_run(
                 self._client,
                 OrderCreditsInput(order=facts, verification=input.verification),
