@@ -12,43 +12,25 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
+from polar_credits.events import allowance_event
 from polar_credits.grant_limit import held_reason, over_max
-from polar_credits.logsafe import shown
+from polar_credits.identity import allowance_external_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     AllowanceGrant,
     AllowanceGrantInput,
     AllowanceRule,
     AllowanceRulesInput,
     PolarErrorType,
-    order_key,
 )
 from polar_credits.rules import (
     RulesFile,
-    allowance_external_id,
     capped_units,
     decide_allowance_rules,
     period_units,
     reads_balance,
 )
 from polar_credits.worker_metrics import record_grants
-
-
-def allowance_event(input: AllowanceGrantInput, units: int, external_id: str) -> dict:
-    """The negative event that raises the customer's balance by one period's allowance."""
-    rule = input.rule
-    return {
-        "name": rule.event_name,
-        "customer_id": input.customer_id,
-        "external_id": external_id,
-        "metadata": {
-            rule.property: -units,
-            "rule_id": rule.rule_id,
-            "subscription_id": order_key(input.subscription_id),
-            "period_start": input.period_start,
-            "reason": "allowance",
-            "source": "polar-credits",
-        },
-    }
 
 
 def within_max(units: int) -> int:
@@ -118,7 +100,7 @@ class AllowanceActivities:
         activity.logger.info(
             "allowance %s for subscription %s, period %s: %d unit(s)%s",
             rule.rule_id,
-            shown(input.subscription_id),
+            for_log(input.subscription_id),
             input.period_start,
             units,
             " (already in Polar)" if grant.already_granted else "",

@@ -21,27 +21,12 @@ from polar_credits.backfills import (
     BackfillPageResult,
     BackfillTarget,
     RejectedCustomer,
-    backfill_external_id,
 )
+from polar_credits.events import backfill_event
 from polar_credits.models import PolarErrorType
 
 SKIP_REPEATED = "listed twice on one page"
 SKIP_NO_CUSTOMER = "no usable customer id"
-
-
-def backfill_event(input: BackfillPageInput, customer_id: str) -> dict[str, Any]:
-    """The negative event that raises the customer's balance by the backfill's units."""
-    return {
-        "name": input.meter.event_name,
-        "customer_id": customer_id,
-        "external_id": backfill_external_id(input.key, customer_id),
-        "metadata": {
-            input.meter.property: -input.units,
-            "backfill": input.key,
-            "reason": input.reason,
-            "source": "polar-credits",
-        },
-    }
 
 
 def _usable(customer_id: Any) -> bool:

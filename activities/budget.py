@@ -2,7 +2,7 @@
 
 The budget workflow runs on the Temporal cluster, so every worker process that talks to it
 spends from one budget, however many there are. It is started on first use
-(update-with-start), and found again after it continues as new.
+(update-with-start, polar_credits/starters/budget.py), and found again after it continues as new.
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client
 
-from polar_credits import ui_summaries as ui
-from polar_credits.workflows.polar_budget import (
-    BudgetState,
-    Permit,
-    PermitRequest,
-    PolarBudgetWorkflow,
-    ThrottleReport,
-    budget_task_queue,
-    budget_workflow_id,
-)
+from polar_credits.starters.budget import report_throttle, request_permit
+from polar_credits.workflows.polar_budget import PermitRequest, ThrottleReport
 
 log = logging.getLogger("polar_credits.budget")
 
@@ -34,27 +25,17 @@ MAX_RETRY_WAIT_SECONDS = 5.0
 class TemporalBudget:
     def __init__(self, client: Client, task_queue: str, per_minute: int) -> None:
         self._client = client
+        self._task_queue = task_queue  # the workers' queue: the budget run has its own
         self.per_minute = per_minute
-        self.workflow_id = budget_workflow_id(task_queue)
-        self.task_queue = budget_task_queue(task_queue)
 
     async def acquire(self) -> None:
         wait = 0.2
-        text = ui.budget_start(self.task_queue, self.per_minute)
         while True:
             try:
-                permit: Permit = await self._client.execute_update_with_start_workflow(
-                    PolarBudgetWorkflow.acquire,
+                permit = await request_permit(
+                    self._client,
                     PermitRequest(per_minute=self.per_minute),
-                    start_workflow_operation=WithStartWorkflowOperation(
-                        PolarBudgetWorkflow.run,
-                        BudgetState(per_minute=self.per_minute),
-                        id=self.workflow_id,
-                        task_queue=self.task_queue,
-                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                        static_summary=text.summary,
-                        static_details=text.details,
-                    ),
+                    task_queue=self._task_queue,
                     rpc_timeout=RPC_TIMEOUT,
                 )
                 break
@@ -74,9 +55,10 @@ class TemporalBudget:
             "Polar answered 429: every worker waits %.0f s and slows down", retry_after_seconds
         )
         try:
-            await self._client.get_workflow_handle(self.workflow_id).execute_update(
-                PolarBudgetWorkflow.throttled,
+            await report_throttle(
+                self._client,
                 ThrottleReport(retry_after_seconds=retry_after_seconds),
+                task_queue=self._task_queue,
                 rpc_timeout=RPC_TIMEOUT,
             )
         except Exception as exc:  # the caller's own retry still waits out retry-after

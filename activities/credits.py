@@ -19,8 +19,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
+from polar_credits.events import grant_event
 from polar_credits.grant_limit import over_max
-from polar_credits.logsafe import shown
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     DecideOrderInput,
     FetchOrderInput,
@@ -37,7 +38,6 @@ from polar_credits.models import (
     PolarErrorType,
     VerifyGrantsInput,
     VerifyGrantsResult,
-    order_key,
 )
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import RulesFile, decide_grants, explain_order
@@ -53,23 +53,6 @@ FIRST_ORDER_MAX_PAGES = 10
 FIRST_RECHECK_SECONDS = 2.0
 
 T = TypeVar("T")
-
-
-def grant_event(grant: Grant) -> dict:
-    """The negative event that raises the customer's balance by `grant.units`."""
-    return {
-        "name": grant.event_name,
-        "customer_id": grant.customer_id,
-        "external_id": grant.external_id,
-        "metadata": {
-            # A Sum meter only counts JSON numbers: an int, never "-10".
-            grant.property: -grant.units,
-            "rule_id": grant.rule_id,
-            "order_id": order_key(grant.order_id),  # within Polar's 500 characters
-            "reason": grant.reason,
-            "source": "polar-credits",
-        },
-    }
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -170,7 +153,7 @@ class CreditActivities:
         except PolarCallError as exc:
             if exc.status_code == 404:
                 raise ApplicationError(
-                    f"Polar has no order {shown(input.order_id)}",
+                    f"Polar has no order {for_log(input.order_id)}",
                     type=PolarErrorType.ORDER_NOT_FOUND.value,
                     non_retryable=True,
                 ) from None
@@ -183,14 +166,14 @@ class CreditActivities:
                 ".".join(str(p) for p in err["loc"]) for err in exc.errors(include_input=False)
             )
             raise ApplicationError(
-                f"Polar's order {shown(input.order_id)} cannot be read: {shown(where, 200)}",
+                f"Polar's order {for_log(input.order_id)} cannot be read: {for_log(where, 200)}",
                 non_retryable=True,
             ) from None
         keys = self._rules.metadata_keys()
         refusal = order.refusal(keys)
         if refusal:
             raise ApplicationError(
-                f"Polar's order {shown(input.order_id)} cannot be decided: {refusal}",
+                f"Polar's order {for_log(input.order_id)} cannot be decided: {refusal}",
                 non_retryable=True,
             )
         return order_facts(order, keys)
@@ -204,7 +187,7 @@ class CreditActivities:
         record_grants([(g.rule_id, g.meter, g.units) for g in grants])
         activity.logger.info(
             "grants for order %s confirmed by Polar (%d event(s), in a call of %d)",
-            shown(grants[0].order_id) if grants else "-",
+            for_log(grants[0].order_id) if grants else "-",
             outcome.confirmed,
             outcome.batch_events,
         )
@@ -258,7 +241,7 @@ class CreditActivities:
                     log.warning(
                         "meter check %d for customer %s missed: %s",
                         result.checks,
-                        shown(input.customer_id),
+                        for_log(input.customer_id),
                         reading,
                     )
                     continue

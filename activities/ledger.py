@@ -2,7 +2,8 @@
 
 A workflow cannot call the Temporal client, and an update (unlike a signal) answers: so the
 order run reserves through this activity, which holds the worker's client and sends an
-update-with-start (start the ledger if it is not running, then reserve, in one call).
+update-with-start (start the ledger if it is not running, then reserve, in one call:
+polar_credits/starters/ledger.py).
 Retrying the activity is safe: the ledger counts a grant's reservation once.
 """
 
@@ -12,21 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from polar_credits import search_attributes as sa
-from polar_credits import ui_summaries as ui
+from polar_credits.identity import ledger_workflow_id
 from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
 from polar_credits.rules import cap_outcome
+from polar_credits.starters.ledger import release_reservations, reserve_with_start
 from polar_credits.workflows.customer_ledger import (
     CustomerLedgerWorkflow,
-    ledger_workflow_id,
     reservation_slot,
 )
 
@@ -44,34 +39,13 @@ class LedgerActivities:
         reads the ledger's totals instead and reserves nothing, nor starts a ledger."""
         if input.dry_run:
             return await self._read_only(input)
-        workflow_id = ledger_workflow_id(input.customer_id)
-        text = ui.ledger_start(input.customer_id)
-        start = WithStartWorkflowOperation(
-            CustomerLedgerWorkflow.run,
-            LedgerState(customer_key=workflow_id.removeprefix("customer-ledger-")),
-            id=workflow_id,
-            task_queue=self._task_queue,
-            # The ledger is running almost always: then the update goes to it.
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(key, v)
-                    for key, v in sa.identity_values("", input.customer_id, None)
-                ]
-            ),
-            static_summary=text.summary,
-            static_details=text.details,
-        )
-        return await self._client.execute_update_with_start_workflow(
-            CustomerLedgerWorkflow.reserve, input, start_workflow_operation=start
-        )
+        return await reserve_with_start(self._client, input, task_queue=self._task_queue)
 
     @activity.defn(name="release_capped_units")
     async def release_capped_units(self, input: ReserveUnitsInput) -> ReserveUnitsResult:
         """Give back reservations of grants Polar refused (a 422): they were never granted."""
-        handle = self._client.get_workflow_handle(ledger_workflow_id(input.customer_id))
         try:
-            return await handle.execute_update(CustomerLedgerWorkflow.release, input)
+            return await release_reservations(self._client, input)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return ReserveUnitsResult()  # no ledger: nothing was reserved

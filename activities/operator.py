@@ -9,7 +9,8 @@ from temporalio.exceptions import ApplicationError
 
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
-from polar_credits.logsafe import shown
+from polar_credits.events import manual_grant_event, revoke_events
+from polar_credits.logsafe import for_log
 from polar_credits.models import IngestResult
 from polar_credits.operator_grants import (
     BalanceReadInput,
@@ -36,24 +37,12 @@ class OperatorActivities:
     async def ingest_manual_grant(self, input: ManualGrantIngestInput) -> IngestResult:
         """The negative event that raises the balance; keyed on the idempotency key, so a
         retry or a second run grants nothing twice."""
-        event = {
-            "name": input.meter.event_name,
-            "customer_id": input.customer_id,
-            "external_id": input.external_id,
-            "metadata": {
-                # A Sum meter counts JSON numbers only: an int, never "-10".
-                input.meter.property: -input.units,
-                "reason": input.reason,
-                "source": "polar-credits",
-                "grant": "manual",
-            },
-        }
-        outcome = await heartbeating(self._gateway.ingest([event]))
+        outcome = await heartbeating(self._gateway.ingest([manual_grant_event(input)]))
         record_grants([(MANUAL_RULE_LABEL, input.meter.name, input.units)])
         activity.logger.info(
             "manual grant %s for customer %s confirmed by Polar",
-            shown(input.external_id),
-            shown(input.customer_id),
+            for_log(input.external_id),
+            for_log(input.customer_id),
         )
         return _result(outcome)
 
@@ -77,23 +66,10 @@ class OperatorActivities:
     @activity.defn(name="ingest_revoke")
     async def ingest_revoke(self, input: RevokeIngestInput) -> IngestResult:
         """The compensating positive events, each keyed on the grant event it revokes."""
-        events = [
-            {
-                "name": planned.meter.event_name,
-                "customer_id": input.customer_id,
-                "external_id": planned.external_id,
-                "metadata": {
-                    planned.meter.property: planned.units,  # positive: takes credit back
-                    "reason": input.reason,
-                    "source": "polar-credits",
-                    "revokes": planned.grant_external_id,
-                },
-            }
-            for planned in input.events
-        ]
+        events = revoke_events(input)
         outcome = await heartbeating(self._gateway.ingest(events))
         activity.logger.info(
-            "revoke of %s confirmed by Polar (%d event(s))", shown(input.grant_id), len(events)
+            "revoke of %s confirmed by Polar (%d event(s))", for_log(input.grant_id), len(events)
         )
         return _result(outcome)
 

@@ -14,20 +14,17 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
-from polar_credits.activities.recover import tell_running
-from polar_credits.logsafe import shown
+from polar_credits.identity import safe_key_part
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     OrderCreditsInput,
     OrderFacts,
     SubscriptionObservation,
-    order_key,
 )
 from polar_credits.orders import PaidOrder, SubscriptionSnapshot, order_facts, subscription_facts
 from polar_credits.reconciliation import (
@@ -38,7 +35,8 @@ from polar_credits.reconciliation import (
     WatermarkInput,
 )
 from polar_credits.rules import RulesFile
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.starters.allowances import tell_running
+from polar_credits.starters.orders import start_order_run
 
 log = logging.getLogger("polar_credits.reconcile")
 
@@ -126,7 +124,7 @@ class ReconcileActivities:
                 result.ignored += 1
                 continue
             if await self._start(order_facts(order, keys), input):
-                result.started.append(order_key(order.id))
+                result.started.append(safe_key_part(order.id))
             else:
                 result.already_handled += 1
             if input.allowances and order.subscription_id:
@@ -146,29 +144,24 @@ class ReconcileActivities:
             paid_order_id=order.id,
             event_type="order.paid",
         )
-        return 1 if await tell_running(self._client, observation) else 0
+        told = await tell_running(self._client, observation, rpc_timeout=START_TIMEOUT)
+        return 1 if told else 0
 
     async def _start(self, facts: OrderFacts, input: ReconcilePageInput) -> bool:
-        """Start the order's run as the webhook would; False when it already has one."""
-        workflow_id = order_workflow_id(facts.order_id)
-        text = ui.order_run(facts, via=ui.VIA_RECONCILIATION)
+        """Start the order's run through the webhook's starter; False when it already has one.
+        Unlike a redelivered webhook, a repair never reruns a failed run (the starter's reuse
+        policy for reconciliation)."""
         try:
-            await self._client.start_workflow(
-                OrderCreditsWorkflow.run,
+            handle = await start_order_run(
+                self._client,
                 OrderCreditsInput(order=facts, verification=input.verification),
-                id=workflow_id,
                 task_queue=input.task_queue,
-                # Unlike a redelivered webhook, a repair never reruns a failed run: that one
-                # was handled (and is visible as failed); `orders rerun` is the operator's.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
-                static_summary=text.summary,
-                static_details=text.details,
+                via=ui.VIA_RECONCILIATION,
                 rpc_timeout=START_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:
             return False
-        log.info("reconcile: order %s had no run; started %s", shown(facts.order_id), workflow_id)
+        log.info("reconcile: order %s had no run; started %s", for_log(facts.order_id), handle.id)
         return True
 
     def all(self) -> list:

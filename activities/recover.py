@@ -1,7 +1,7 @@
 """Activities of a recovery: list the subscriptions Polar may still bill, page by page through
 the gateway, and bring each one's allowance run back the way the webhooks start it.
 
-Each run is reached with signal-with-start (api/allowances.py `steer_allowance`: same id,
+Each run is reached with signal-with-start (polar_credits/starters/allowances.py: same id,
 start attributes and reuse policy as a subscription webhook), carrying the subscription as
 Polar shows it now, so a new run picks up at the period holding now and a running one only
 learns nothing new. Periods are keyed in Polar on (subscription, rule, period start): a run
@@ -21,8 +21,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from polar_credits import ui_summaries as ui
 from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
-from polar_credits.api.allowances import steer_allowance
-from polar_credits.logsafe import shown
+from polar_credits.identity import allowance_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import SubscriptionObservation
 from polar_credits.orders import PolarSubscription, subscription_facts
 from polar_credits.recovery import (
@@ -32,10 +32,7 @@ from polar_credits.recovery import (
     RecoverSubscriptionsResult,
 )
 from polar_credits.rules import RulesFile
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.starters.allowances import steer_allowance
 
 log = logging.getLogger("polar_credits.recover")
 
@@ -72,22 +69,6 @@ async def deliver(
     if delivery.outcome != "signalled":
         return delivery.outcome
     return "running" if running else "started"
-
-
-async def tell_running(client: Client, observation: SubscriptionObservation) -> bool:
-    """Signal the subscription's allowance run if it is running; False when there is none."""
-    handle = client.get_workflow_handle(allowance_workflow_id(observation.facts.subscription_id))
-    try:
-        await handle.signal(
-            SubscriptionAllowanceWorkflow.observe,
-            observation,
-            rpc_timeout=timedelta(seconds=START_TIMEOUT_SECONDS),
-        )
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:  # none, or it has ended
-            return False
-        raise
-    return True
 
 
 def recovered_observation(
@@ -177,7 +158,9 @@ class RecoverActivities:
             outcome = await deliver(self._client, input.task_queue, self._rules, observation)
             if outcome == "started":
                 result.started.append(subscription.id)
-                log.info("recover: subscription %s: allowance run started", shown(subscription.id))
+                log.info(
+                    "recover: subscription %s: allowance run started", for_log(subscription.id)
+                )
             elif outcome == "running":
                 result.already_running += 1
             elif outcome == "ended":

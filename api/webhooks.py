@@ -24,18 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.requests import ClientDisconnect
-from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
-from polar_credits.api.allowances import (
-    AllowanceUnavailable,
-    Delivery,
-    steer_allowance,
-    wants_allowance,
-)
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.metrics import START_ERRORS, UNKNOWN_VALUES, Metrics, TimedWebhookRoute
 from polar_credits.api.payloads import (
@@ -46,7 +38,8 @@ from polar_credits.api.payloads import (
     read_capped_body,
 )
 from polar_credits.api.problems import Problem
-from polar_credits.logsafe import shown
+from polar_credits.identity import order_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import (
     OrderCreditsInput,
     OrderFacts,
@@ -61,7 +54,13 @@ from polar_credits.orders import (
     subscription_facts,
 )
 from polar_credits.settings import Settings
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.starters.allowances import (
+    AllowanceUnavailable,
+    Delivery,
+    steer_allowance,
+    wants_allowance,
+)
+from polar_credits.starters.orders import start_order_run
 
 log = logging.getLogger("polar_credits.api")
 router = APIRouter(tags=["webhooks"], route_class=TimedWebhookRoute)
@@ -280,10 +279,10 @@ async def polar_webhook(
     if unknown:
         for field in unknown:
             _metrics(request).count(UNKNOWN_VALUES, field=field)
-        described = ", ".join(f"{field} {shown(value, 40)!r}" for field, value in unknown.items())
+        described = ", ".join(f"{field} {for_log(value, 40)!r}" for field, value in unknown.items())
         log.warning(
             "order %s: ignored, unknown %s; nothing granted (upgrade, then redeliver from Polar)",
-            shown(order.id),
+            for_log(order.id),
             described,
         )
         return _answer(
@@ -362,7 +361,7 @@ async def _deliver(
         subscription_id = observation.facts.subscription_id
         log.warning(
             "subscription %s: Temporal unavailable (%s); asking Polar to retry",
-            shown(subscription_id),
+            for_log(subscription_id),
             exc,
         )
         raise _refuse(
@@ -376,7 +375,7 @@ def _refused(request: Request, event_type: str, order_id: str, reason: str) -> J
 
 def _refusal(event_type: str, resource_id: str, reason: str) -> WebhookAnswer:
     what = "subscription" if event_type.startswith("subscription.") else "order"
-    log.warning("%s %s: refused for good, %s; nothing started", what, shown(resource_id), reason)
+    log.warning("%s %s: refused for good, %s; nothing started", what, for_log(resource_id), reason)
     return WebhookAnswer(
         status="refused", event_type=event_type, detail=f"{reason}; nothing started"
     )
@@ -395,11 +394,12 @@ async def _start(
         ui_url=workflow_ui_url(settings, workflow_id),
     )
     deadline = settings.credits_temporal_start_timeout_seconds
-    text = ui.order_run(facts, via=ui.VIA_WEBHOOK)
     try:
         async with asyncio.timeout(deadline):
-            await temporal.start_workflow(
-                OrderCreditsWorkflow.run,
+            # A run that failed may be run again by redelivering the webhook (the starter's
+            # reuse policy for the webhook).
+            await start_order_run(
+                temporal,
                 OrderCreditsInput(
                     order=facts,
                     verification=VerificationPolicy(
@@ -407,21 +407,15 @@ async def _start(
                         first_interval_seconds=settings.credits_verify_first_check_seconds,
                     ),
                 ),
-                id=workflow_id,
                 task_queue=settings.credits_task_queue,
-                # A run that failed (Polar rejected the grant) may be run again by
-                # redelivering the webhook; a run that granted, or still runs, never is.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                search_attributes=TypedSearchAttributes(sa.order_start_attributes(facts)),
-                static_summary=text.summary,
-                static_details=text.details,
+                via=ui.VIA_WEBHOOK,
                 rpc_timeout=timedelta(seconds=deadline),
             )
     except WorkflowAlreadyStartedError:
         log.info(
             "order %s: duplicate delivery, run %s exists",
-            shown(facts.order_id),
-            shown(workflow_id),
+            for_log(facts.order_id),
+            for_log(workflow_id),
         )
         answer.status = "duplicate"
         return answer
@@ -433,13 +427,13 @@ async def _start(
     except (TimeoutError, RuntimeError) as exc:
         # RuntimeError: the lazy client could not connect at all.
         raise _unavailable(request, facts, type(exc).__name__) from None
-    log.info("order %s: started %s", shown(facts.order_id), shown(workflow_id))
+    log.info("order %s: started %s", for_log(facts.order_id), for_log(workflow_id))
     return answer
 
 
 def _unavailable(request: Request, facts: OrderFacts, cause: str) -> HTTPException:
     _metrics(request).count(START_ERRORS, workflow="order", cause=cause)
     log.warning(
-        "order %s: Temporal unavailable (%s); asking Polar to retry", shown(facts.order_id), cause
+        "order %s: Temporal unavailable (%s); asking Polar to retry", for_log(facts.order_id), cause
     )
     return _refuse(request, 503, "temporal_unavailable", "Temporal is unreachable; retry later")

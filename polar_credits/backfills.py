@@ -7,9 +7,10 @@ customer's email or name.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from polar_credits.identity import OPERATOR_KEY
 
 # Polar's largest page: one listing call and one ingest call grant up to this many customers.
 PAGE_SIZE = 100
@@ -22,24 +23,15 @@ MAX_CUSTOMER_LIST = 10_000
 MAX_CUSTOMER_ID_CHARS = 256
 MAX_REASON_CHARS = 200
 
-# An idempotency key goes into a workflow id and into every grant's external id.
-BACKFILL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+# An idempotency key goes into a workflow id and into every grant's external id as is, so it
+# must be one that polar_credits/identity.py would not hash.
+BACKFILL_KEY = OPERATOR_KEY
 
 
 class BackfillTarget(StrEnum):
     PRODUCT = "product"  # the customers with an active subscription to one product
     CUSTOMERS = "customers"  # an explicit list of customer ids
     ALL_ACTIVE = "all_active"  # every customer with an active subscription
-
-
-def backfill_workflow_id(key: str) -> str:
-    return f"backfill-{key}"
-
-
-def backfill_external_id(key: str, customer_id: str) -> str:
-    """Polar's dedupe key: one grant per backfill and customer, whatever the number of runs,
-    retries, crashes or pages that list the customer."""
-    return f"polar-credits:backfill:{key}:customer:{customer_id}"
 
 
 @dataclass

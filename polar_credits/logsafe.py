@@ -12,15 +12,15 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from polar_credits.identity import ORDER_WORKFLOW_PREFIX
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-SHOWN_CHARS = 80
-# workflows/order_credits.py `order_workflow_id`: an order's run is "order-credits-<key>".
-ORDER_WORKFLOW_PREFIX = "order-credits-"
+FOR_LOG_CHARS = 80
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+def for_log(value: object, limit: int = FOR_LOG_CHARS) -> str:
     """An outside value (an order id, say) as it may appear in a log: printable ASCII only,
     at most `limit` characters and a note of how many more there were."""
     text = str(value).encode("unicode_escape", "backslashreplace").decode("ascii")
@@ -45,7 +45,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, and when known (from
     Temporal's workflow and activity loggers) order_id, workflow_id, run_id, workflow_type,
     activity, attempt. Only these fields: a record's other extras never reach the line, so
-    nothing a caller attaches can leak. Ids are passed through `shown`."""
+    nothing a caller attaches can leak. Ids are passed through `for_log`."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -88,7 +88,7 @@ def _run_ids(record: logging.LogRecord) -> dict[str, str]:
             order_id = workflow_id.removeprefix(ORDER_WORKFLOW_PREFIX)
     if order_id is not None:
         found["order_id"] = order_id
-    return {key: shown(value) for key, value in found.items() if value is not None}
+    return {key: for_log(value) for key, value in found.items() if value is not None}
 
 
 def configure_logging(
@@ -98,7 +98,7 @@ def configure_logging(
     the handler."""
     handler = logging.StreamHandler()
     if log_format == "json":
-        # Here, not at the top: workflows import this module (`shown`) in their sandbox.
+        # Here, not at the top: workflows import this module (`for_log`) in their sandbox.
         from temporalio import activity, workflow
 
         handler.setFormatter(JsonFormatter())

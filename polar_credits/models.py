@@ -7,7 +7,6 @@ name: these objects are written into workflow histories.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,21 +17,6 @@ from polar_credits.grant_limit import HELD_OVER_MAX
 # converter tries a union's members in order, and its int() turns True into 1 and 1.5 into 1:
 # a rule asking for `true` would never match after the value crossed into a workflow.
 MetadataValue = Any
-
-# Polar's order ids are 36-character UUIDs. Ids, external ids and event metadata derived
-# from an order id must stay within Temporal's and Polar's limits (1,000 bytes for a workflow
-# id, 500 characters for a metadata value) and be safe to print.
-MAX_PLAIN_ORDER_KEY_CHARS = 200
-
-
-def order_key(order_id: str) -> str:
-    """The order id as it appears in workflow ids, external ids and event metadata: itself,
-    or, when long or holding characters that do not belong in an id (newlines, escapes),
-    its SHA-256. Still one key per order, so every layer of dedupe holds."""
-    if len(order_id) <= MAX_PLAIN_ORDER_KEY_CHARS and order_id.isprintable():
-        return order_id
-    digest = hashlib.sha256(order_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"sha256-{digest}"
 
 
 class CreditStatus(StrEnum):

@@ -1,6 +1,6 @@
-"""Data of the operator's own grants: manual grants and revokes (workflow ids, external ids,
-inputs, states). The revoke arithmetic is polar_credits/revoke_plan.py; the kinds of runs the
-grants API lists are api/operator/grants/query.py.
+"""Data of the operator's own grants: manual grants and revokes (inputs, states). Their ids
+are built in polar_credits/identity.py, the revoke arithmetic is polar_credits/revoke_plan.py,
+and the kinds of runs the grants API lists are api/operator/grants/query.py.
 
 Dataclasses only (they are written into workflow histories): ids, units and the operator's
 reason, never a customer's email or name.
@@ -8,24 +8,18 @@ reason, never a customer's email or name.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from polar_credits.models import IngestResult, MeterVerification, VerificationPolicy
 
-# An idempotency key or grant id used as is in workflow ids and external ids; anything else
-# (long, spaces, control characters) is replaced by its SHA-256, still one per key.
-PLAIN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+# The longest idempotency key the operator API takes (longer than OPERATOR_KEY's plain ones:
+# those are hashed into ids, polar_credits/identity.py `operator_key_part`).
 MAX_KEY_CHARS = 500
 # The reason goes into the event's metadata (Polar: at most 500 characters a value) and the
 # run's history: an operator's note, not a document.
 MAX_REASON_CHARS = 200
 # A manual grant's and a revoke's units: at most MAX_GRANT_UNITS (polar_credits/grant_limit.py).
-
-MANUAL_PREFIX = "manual-grant-"
-REVOKE_PREFIX = "revoke-"
 
 
 class RevokeStatus(StrEnum):
@@ -35,31 +29,6 @@ class RevokeStatus(StrEnum):
     REVOKED = "revoked"
     NOTHING = "nothing_to_revoke"  # the cap left nothing to take back
     FAILED = "failed"
-
-
-def key_part(key: str) -> str:
-    """The key as it appears in ids: itself when short and id-safe, else its SHA-256."""
-    if PLAIN_KEY.match(key):
-        return key
-    return "sha256-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def manual_grant_workflow_id(key: str) -> str:
-    return MANUAL_PREFIX + key_part(key)
-
-
-def manual_grant_external_id(key: str) -> str:
-    """Polar's dedupe key: one event per idempotency key, forever."""
-    return f"polar-credits:manual:{key_part(key)}"
-
-
-def revoke_workflow_id(grant_id: str) -> str:
-    return REVOKE_PREFIX + key_part(grant_id)
-
-
-def revoke_external_id(grant_external_id: str) -> str:
-    """One compensating event per grant event, however often the revoke is asked."""
-    return f"polar-credits:revoke:{grant_external_id}"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from polar_credits.logsafe import shown
+from polar_credits.logsafe import for_log
 from polar_credits.models import MetadataValue, OrderFacts, SubscriptionFacts
 from polar_credits.moments import to_utc
 from polar_credits.rules import BillingReason, MetadataKeys
@@ -159,7 +159,7 @@ class PaidOrder(BaseModel):
             for key, value in _allowed_metadata(metadata, allowed).items():
                 if isinstance(value, str) and len(value) > MAX_METADATA_VALUE_CHARS:
                     return (
-                        f"{label} {shown(key, 40)!r} is longer than "
+                        f"{label} {for_log(key, 40)!r} is longer than "
                         f"{MAX_METADATA_VALUE_CHARS} characters"
                     )
         dates = _date_refusal("order", {"created_at": self.created_at})

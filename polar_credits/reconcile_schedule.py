@@ -1,5 +1,5 @@
-"""The reconciliation schedule: created or brought up to date by every worker at start-up, and
-the same run started at once for the operator API.
+"""The reconciliation schedule: created or brought up to date by every worker at start-up (its
+runs are started as polar_credits/starters/runs.py says; so is a run started at once).
 
 Idempotent: any number of workers starting together leave one schedule, `polar-credits-reconcile`,
 with the interval and input of the settings they were started with.
@@ -8,13 +8,11 @@ with the interval and input of the settings they were started with.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
@@ -23,21 +21,18 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
-    WorkflowHandle,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from polar_credits import ui_summaries as ui
+from polar_credits.identity import (
+    RECONCILE_SCHEDULE_ID,
+)
 from polar_credits.models import VerificationPolicy
-from polar_credits.operators import OPERATOR_MEMO
-from polar_credits.reconciliation import RUN_ID_PREFIX, SCHEDULE_ID, ReconcileInput
+from polar_credits.reconciliation import ReconcileInput
 from polar_credits.settings import Settings
-from polar_credits.workflows.reconcile import ReconcileWorkflow
+from polar_credits.starters.runs import reconcile_schedule_action
 
 log = logging.getLogger("polar_credits.reconcile")
-
-# A run that takes longer than this is cut off; the next one starts from the last watermark.
-RUN_TIMEOUT = timedelta(hours=1)
 
 
 def reconcile_input(settings: Settings) -> ReconcileInput:
@@ -52,17 +47,8 @@ def reconcile_input(settings: Settings) -> ReconcileInput:
 
 
 def reconcile_schedule(settings: Settings) -> Schedule:
-    text = ui.reconcile_start(scheduled=True)
     return Schedule(
-        action=ScheduleActionStartWorkflow(
-            ReconcileWorkflow.run,
-            reconcile_input(settings),
-            id=RUN_ID_PREFIX,  # Temporal appends the scheduled time
-            task_queue=settings.credits_task_queue,
-            execution_timeout=RUN_TIMEOUT,
-            static_summary=text.summary,
-            static_details=text.details,
-        ),
+        action=reconcile_schedule_action(reconcile_input(settings)),
         spec=ScheduleSpec(
             intervals=[
                 ScheduleIntervalSpec(
@@ -89,11 +75,11 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
         return
     schedule = reconcile_schedule(settings)
     try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
+        await client.create_schedule(RECONCILE_SCHEDULE_ID, schedule)
         log.info(
             "reconciliation scheduled every %gs (%s)",
             settings.credits_reconcile_interval_seconds,
-            SCHEDULE_ID,
+            RECONCILE_SCHEDULE_ID,
         )
         return
     except ScheduleAlreadyRunningError:
@@ -110,16 +96,16 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
             )
         )
 
-    await client.get_schedule_handle(SCHEDULE_ID).update(update)
+    await client.get_schedule_handle(RECONCILE_SCHEDULE_ID).update(update)
     log.info(
         "reconciliation schedule %s updated: every %gs",
-        SCHEDULE_ID,
+        RECONCILE_SCHEDULE_ID,
         settings.credits_reconcile_interval_seconds,
     )
 
 
 async def _turn_off(client: Client) -> None:
-    handle = client.get_schedule_handle(SCHEDULE_ID)
+    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
     try:
         described = await handle.describe()
     except RPCError as exc:
@@ -129,23 +115,7 @@ async def _turn_off(client: Client) -> None:
         raise
     if not described.schedule.state.paused:
         await handle.pause(note=OFF_NOTE)
-    log.info("reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused", SCHEDULE_ID)
-
-
-async def start_reconcile_now(
-    client: Client, settings: Settings, *, operator: str | None = None
-) -> WorkflowHandle[Any, Any]:
-    """A run now, beside the schedule's (same input): what `POST /reconcile` starts, with the
-    operator token's name in its memo."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    text = ui.reconcile_start(scheduled=False)
-    return await client.start_workflow(
-        ReconcileWorkflow.run,
-        reconcile_input(settings),
-        id=f"{RUN_ID_PREFIX}-now-{stamp}",
-        task_queue=settings.credits_task_queue,
-        execution_timeout=RUN_TIMEOUT,
-        memo={OPERATOR_MEMO: operator} if operator else None,
-        static_summary=text.summary,
-        static_details=text.details,
+    log.info(
+        "reconciliation is off (CREDITS_RECONCILE_INTERVAL_SECONDS=0): %s paused",
+        RECONCILE_SCHEDULE_ID,
     )

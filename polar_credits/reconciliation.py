@@ -10,10 +10,7 @@ from dataclasses import dataclass, field
 
 from polar_credits.models import VerificationPolicy
 
-SCHEDULE_ID = "polar-credits-reconcile"
-# The schedule's runs get ids `<this>-<time>`; a run started now from the API or the CLI gets
-# `<this>-now-<time>`.
-RUN_ID_PREFIX = "polar-credits-reconcile"
+# The schedule's and its runs' ids: polar_credits/identity.py (RECONCILE_*).
 # The memo key of a completed run's watermark, read back through visibility by the next run.
 WATERMARK_MEMO = "watermark"
 REPAIRED_MEMO = "repaired"

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from polar_credits.models import VerificationPolicy
 from polar_credits.reconciliation import PAGE_SIZE
 
-# `polar-credits recover` starts its run as `<this>-<time>`.
-RUN_ID_PREFIX = "polar-credits-recover"
+# A recovery's run id: polar_credits/identity.py `recover_workflow_id`.
 # Subscriptions that get an allowance run (cadence rules): those Polar may still bill or that
 # may come back. `incomplete` was never paid (its first paid order starts the run, as the
 # webhook does); canceled, incomplete_expired and unpaid ones are over.

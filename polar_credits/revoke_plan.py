@@ -4,7 +4,8 @@ revoke workflow runs it, and its tests drive it table by table."""
 
 from __future__ import annotations
 
-from polar_credits.operator_grants import RevokeItem, RevokePlanned, revoke_external_id
+from polar_credits.identity import revoke_external_id
+from polar_credits.operator_grants import RevokeItem, RevokePlanned
 
 
 def plan_revoke(

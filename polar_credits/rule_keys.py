@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from polar_credits.identity import registry_workflow_id
+
 if TYPE_CHECKING:
     from temporalio.client import Client
 
     from polar_credits.rules import Rule, RulesFile
 
-REGISTRY_WORKFLOW_ID = "polar-credits-rules"
-DEFAULT_TASK_QUEUE = "polar-credits"
 # The registry mirrors what it holds into this memo field: the worker reads it at start-up,
 # before any worker polls (a query would wait for one).
 REGISTRY_MEMO = "accepted_rule_keys"
@@ -136,13 +136,6 @@ def _overlap(old: list[str] | None, new: list[str] | None) -> list[str] | None:
     return [product for product in old if product in new]
 
 
-def registry_workflow_id(task_queue: str) -> str:
-    """One registry per deployment (task queue): `polar-credits-rules` for the default one."""
-    if task_queue == DEFAULT_TASK_QUEUE:
-        return REGISTRY_WORKFLOW_ID
-    return f"{REGISTRY_WORKFLOW_ID}:{task_queue}"
-
-
 def granted_query(key: str, registered: RegisteredKey, task_queue: str) -> str:
     """A visibility query counting this deployment's runs that granted under `key`. Order
     runs carry the keys of the rules that granted (`CreditRuleKeys`); allowance runs carry
@@ -204,25 +197,3 @@ async def check_rule_keys(
     if problems and not allow_dropped:
         raise DroppedRuleKeys("\n".join(problems))
     return problems
-
-
-async def record_rule_keys(client: Client, task_queue: str, rules: RulesFile) -> None:
-    """Tell the registry (started on first use) that this file was accepted."""
-    from temporalio.common import WorkflowIDConflictPolicy
-
-    from polar_credits import ui_summaries as ui
-    from polar_credits.workflows.rules_registry import RulesRegistryWorkflow
-
-    text = ui.rules_registry_start(task_queue)
-
-    await client.start_workflow(
-        RulesRegistryWorkflow.run,
-        RegistryState(),
-        id=registry_workflow_id(task_queue),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        start_signal="accept",
-        start_signal_args=[accepted_rules(rules)],
-        static_summary=text.summary,
-        static_details=text.details,
-    )

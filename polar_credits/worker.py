@@ -64,10 +64,10 @@ from polar_credits.reconcile_schedule import ensure_reconcile_schedule  # noqa: 
 from polar_credits.rule_keys import (  # noqa: E402
     DroppedRuleKeys,
     check_rule_keys,
-    record_rule_keys,
 )
 from polar_credits.rules import RulesError, RulesFile, load_rules  # noqa: E402
 from polar_credits.settings import Settings, SettingsError, load_settings  # noqa: E402
+from polar_credits.starters.registry import record_rule_keys  # noqa: E402
 from polar_credits.temporal_client import (  # noqa: E402
     TemporalConnection,
     TemporalUnreachable,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from polar_credits.identity import registry_workflow_id
 from polar_credits.rule_keys import (
     RegisteredKey,
     RegistryState,
     accepted_rules,
     granted_query,
-    registry_workflow_id,
     takeovers,
 )
 from polar_credits.rules import parse_rules

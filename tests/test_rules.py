@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from polar_credits.identity import allowance_external_id
 from polar_credits.models import OrderFacts, SubscriptionFacts
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import (
     RulesError,
-    allowance_external_id,
     decide_allowance_rules,
     decide_grants,
     load_rules,

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
+from polar_credits.identity import allowance_external_id
 from polar_credits.models import OrderFacts, SubscriptionFacts
 from polar_credits.orders import PaidOrder, PolarSubscription, order_facts, subscription_facts
 from polar_credits.rules import (
     MetadataKeys,
     RulesError,
-    allowance_external_id,
     decide_allowance_rules,
     decide_grants,
     explain_order,

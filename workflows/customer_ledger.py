@@ -19,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
         LedgerState,
         ReserveUnitsInput,
         ReserveUnitsResult,
-        order_key,
     )
     from polar_credits.rules import cap_outcome
     from polar_credits.workflows.policies import HISTORY_LIMIT, should_continue_as_new
@@ -28,11 +27,6 @@ with workflow.unsafe.imports_passed_through():
 # so the next run carries only the most recent ones (the totals are carried whole). A retry
 # older than that would count twice: a customer then gets less, never more than the cap.
 MAX_RESERVATIONS_CARRIED = 1000
-
-
-def ledger_workflow_id(customer_id: str) -> str:
-    """One ledger per customer; the customer id is keyed like an order id (bounded, printable)."""
-    return f"customer-ledger-{order_key(customer_id)}"
 
 
 def reservation_slot(reservation: CapReservation) -> str:

@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.operator import OperatorActivities
+    from polar_credits.identity import manual_grant_external_id
     from polar_credits.models import (
         CreditStatus,
         MeterGrant,
@@ -24,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
         ManualGrantIngestInput,
         ManualGrantInput,
         ManualGrantState,
-        manual_grant_external_id,
     )
     from polar_credits.workflows.policies import (
         HEARTBEAT_TIMEOUT,

@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.logsafe import shown
+    from polar_credits.logsafe import for_log
     from polar_credits.models import (
         CapReservation,
         CreditStatus,
@@ -34,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         OrderFacts,
         PolarErrorType,
         ReserveUnitsInput,
-        order_key,
     )
     from polar_credits.rules import granted_rule_keys
     from polar_credits.worker_metrics import count_held
@@ -61,11 +60,6 @@ PERIOD_PATCH = "period-grants"
 # reason, the first-order fact, per-customer caps reserved in the customer's ledger) and tag
 # themselves with the keys of the rules that granted.
 DECISION_PATCH = "decision-record"
-
-
-def order_workflow_id(order_id: str) -> str:
-    """One id per order, so Temporal refuses a second run (see `order_key`)."""
-    return f"order-credits-{order_key(order_id)}"
 
 
 @workflow.defn
@@ -292,8 +286,8 @@ def _report_held(order: OrderFacts, held: list[HeldGrant]) -> None:
     for grant in held:
         workflow.logger.warning(
             "order %s, rule %s: %s",
-            shown(order.order_id),
-            shown(grant.rule_id),
+            for_log(order.order_id),
+            for_log(grant.rule_id),
             grant.reason,
         )
     count_held("order", len(held))

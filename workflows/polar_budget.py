@@ -25,10 +25,6 @@ RECOVERY_STEP_SECONDS = 60.0  # then double the pace back at most once a minute
 THROTTLE_DEBOUNCE_SECONDS = 5.0  # one wave of 429s halves the pace once, not per call
 
 
-def budget_workflow_id(task_queue: str) -> str:
-    return f"polar-credits-budget-{task_queue}"
-
-
 def budget_task_queue(task_queue: str) -> str:
     """The budget has a queue of its own, so a backlog of order runs never delays a permit."""
     return f"{task_queue}-budget"

@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.allowance import AllowanceActivities
     from polar_credits.cadence import parse_cadence
-    from polar_credits.logsafe import shown
+    from polar_credits.logsafe import for_log
     from polar_credits.models import (
         AllowanceGrant,
         AllowanceGrantInput,
@@ -40,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         PolarErrorType,
         SubscriptionFacts,
         SubscriptionObservation,
-        order_key,
     )
     from polar_credits.worker_metrics import count_held, count_refused
     from polar_credits.workflows.allowance_schedule import (
@@ -72,11 +71,6 @@ GRANTS_KEPT = 24
 SKIPS_KEPT = 24
 HELD_KEPT = 24
 REFUSED_KEPT = 24
-
-
-def allowance_workflow_id(subscription_id: str) -> str:
-    """One run per subscription: signal-with-start reaches the running one."""
-    return f"subscription-allowance-{order_key(subscription_id)}"
 
 
 @workflow.defn
@@ -230,8 +224,8 @@ class SubscriptionAllowanceWorkflow:
             state.holding = state.holding + [rule.rule_id]
         workflow.logger.warning(
             "subscription %s: allowance %s, period %s: %s",
-            shown(state.subscription_id),
-            shown(rule.rule_id),
+            for_log(state.subscription_id),
+            for_log(rule.rule_id),
             period,
             cause.message,
         )
@@ -323,16 +317,16 @@ class SubscriptionAllowanceWorkflow:
         customer never changes in Polar, so it is refused whole (no payment, no facts), and
         flagged. Ids only: no personal data."""
         state = self._state
-        what = shown(observation.event_type or "message", 60)
+        what = for_log(observation.event_type or "message", 60)
         if observation.paid_order_id is not None:
-            what += f" (order {shown(observation.paid_order_id)})"
+            what += f" (order {for_log(observation.paid_order_id)})"
         why = (
-            f"names customer {shown(observation.facts.customer_id)}, but the subscription's "
-            f"customer is {shown(customer_id)}: refused, nothing granted"
+            f"names customer {for_log(observation.facts.customer_id)}, but the subscription's "
+            f"customer is {for_log(customer_id)}: refused, nothing granted"
         )
         state.refused = (state.refused + [f"{what}: {why}"])[-REFUSED_KEPT:]
         state.refused_total += 1
-        workflow.logger.warning("subscription %s: %s %s", shown(state.subscription_id), what, why)
+        workflow.logger.warning("subscription %s: %s %s", for_log(state.subscription_id), what, why)
         count_refused("customer_mismatch")
 
     async def _wait(

@@ -17,7 +17,6 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -40,18 +39,18 @@ from polar_credits.backfills import (
     BackfillProgress,
     BackfillRequest,
     BackfillTarget,
-    backfill_workflow_id,
 )
 from polar_credits.grant_limit import MAX_GRANT_UNITS
-from polar_credits.operators import OPERATOR_MEMO, started_by
+from polar_credits.identity import backfill_workflow_id
+from polar_credits.operators import started_by
 from polar_credits.settings import Settings
+from polar_credits.starters.operator import FINGERPRINT_MEMO, start_backfill_run
 from polar_credits.workflows.backfill import BackfillWorkflow
 
 router = APIRouter(
     prefix="/backfills", tags=["backfills"], dependencies=[OPERATOR], route_class=OperatorRoute
 )
 
-FINGERPRINT_MEMO = "request_sha256"
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
 
 Key = Annotated[str, Field(pattern=BACKFILL_KEY.pattern, description="The idempotency key")]
@@ -278,36 +277,15 @@ async def _start(
         product_id=body.product_id,
         customer_ids=list(body.customer_ids or []),
     )
-    text = ui.backfill_start(
-        body.key,
-        body.target.value,
-        body.meter,
-        body.units,
-        body.product_id,
-        len(body.customer_ids) if body.customer_ids else None,
-        via=ui.VIA_OPERATOR_API,
-    )
     input = BackfillInput(request=request)
     await check_input_size(temporal, input, "This backfill")
-    await temporal.start_workflow(
-        BackfillWorkflow.run,
+    await start_backfill_run(
+        temporal,
         input,
-        id=backfill_workflow_id(body.key),
         task_queue=settings.credits_task_queue,
-        # A backfill that ended without finishing may be started again with the same body.
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-        memo={
-            FINGERPRINT_MEMO: fingerprint,
-            "target": body.target.value,
-            "product_id": body.product_id,
-            "customers_listed": len(body.customer_ids) if body.customer_ids else None,
-            "meter": body.meter,
-            "units": body.units,
-            "reason": body.reason,
-            OPERATOR_MEMO: operator,
-        },
-        static_summary=text.summary,
-        static_details=text.details,
+        fingerprint=fingerprint,
+        operator=operator,
+        via=ui.VIA_OPERATOR_API,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
 

@@ -23,9 +23,10 @@ from polar_credits.api.operator.run_status import chain_status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
 from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.identity import RECONCILE_RUN_PREFIX
 from polar_credits.operators import started_by
-from polar_credits.reconcile_schedule import start_reconcile_now
-from polar_credits.reconciliation import RUN_ID_PREFIX
+from polar_credits.reconcile_schedule import reconcile_input
+from polar_credits.starters.runs import start_reconcile_now
 from polar_credits.workflows.reconcile import ReconcileWorkflow
 
 router = APIRouter(
@@ -61,7 +62,9 @@ async def reconcile_now(
     settings: SettingsDep, temporal: TemporalDep, operator: WriterDep
 ) -> ReconcileRun:
     try:
-        handle = await start_reconcile_now(temporal, settings, operator=operator.name)
+        handle = await start_reconcile_now(
+            temporal, reconcile_input(settings), operator=operator.name
+        )
     except (RPCError, RuntimeError, TimeoutError) as exc:
         raise temporal_error(exc) from exc
     return ReconcileRun(
@@ -84,7 +87,7 @@ async def reconcile_run(
     temporal: TemporalDep,
 ) -> ReconcileRun:
     missing = HTTPException(status.HTTP_404_NOT_FOUND, f"No reconciliation run {workflow_id!r}.")
-    if not workflow_id.startswith(RUN_ID_PREFIX):
+    if not workflow_id.startswith(RECONCILE_RUN_PREFIX):
         raise missing
     handle = temporal.get_workflow_handle_for(ReconcileWorkflow.run, workflow_id)
     try:

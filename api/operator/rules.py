@@ -7,8 +7,6 @@ fetches an order by id, looks up the first-order fact and reads the customer's l
 from __future__ import annotations
 
 import re
-import uuid
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request, status
@@ -18,7 +16,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeout
 from temporalio.service import RPCError
 
-from polar_credits import ui_summaries as ui
 from polar_credits.api.dependencies import SettingsDep, TemporalDep
 from polar_credits.api.operator.auth import OPERATOR
 from polar_credits.api.operator.grants.query import ID_VALUE
@@ -28,15 +25,13 @@ from polar_credits.api.problems import Problem
 from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import describe
-from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
+from polar_credits.starters.runs import PREVIEW_TIMEOUT, run_preview
 
 # A preview grants nothing and reserves nothing: a read token may ask for one.
 router = APIRouter(
     prefix="/rules", tags=["rules"], dependencies=[OPERATOR], route_class=OperatorRoute
 )
 
-# A preview is a few quick activities; someone is waiting for the answer.
-PREVIEW_TIMEOUT = timedelta(seconds=60)
 # The worker reads the order at Polar by this id: an id like the other routes take (Polar's
 # are UUIDs), never a path, a query or a fragment.
 _ORDER_ID = re.compile(ID_VALUE)
@@ -112,17 +107,9 @@ async def preview(
     """Explain the rules on one order: each rule's verdict and the grants, granting nothing
     and reserving nothing. Per-customer caps are shown as the customer's ledger stands now."""
     input = _preview_input(request, body)
-    workflow_id = f"rules-preview-{uuid.uuid4()}"
-    text = ui.rules_preview_start(input.order.order_id if input.order else input.order_id)
     try:
-        decision: OrderDecision = await temporal.execute_workflow(
-            RulesPreviewWorkflow.run,
-            input,
-            id=workflow_id,
-            task_queue=settings.credits_task_queue,
-            execution_timeout=PREVIEW_TIMEOUT,
-            static_summary=text.summary,
-            static_details=text.details,
+        workflow_id, decision = await run_preview(
+            temporal, input, task_queue=settings.credits_task_queue
         )
     except WorkflowFailureError as exc:
         cause = _root_cause(exc)

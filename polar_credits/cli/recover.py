@@ -13,14 +13,13 @@ import contextlib
 import json
 import re
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import typer
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from polar_credits import ui_summaries as ui
 from polar_credits.cli.base import (
     ExitCode,
     JsonOption,
@@ -32,16 +31,14 @@ from polar_credits.cli.base import (
     fail,
 )
 from polar_credits.models import VerificationPolicy
-from polar_credits.recovery import RUN_ID_PREFIX, RecoverInput, RecoverResult
+from polar_credits.recovery import RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
+from polar_credits.starters.runs import start_recovery
 from polar_credits.temporal_client import TemporalUnreachable, connect_temporal
 from polar_credits.workflows.recover import RecoverWorkflow
 
 POLL_SECONDS = 1.0
 QUERY_TIMEOUT = timedelta(seconds=5)
-# A recovery of a large organization lists many pages under the shared budget; cut it off
-# well after any sane run (its report says where it got; running it again goes on).
-RUN_TIMEOUT = timedelta(hours=12)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw])\s*", re.ASCII)
 
@@ -127,18 +124,8 @@ async def _recover(
         fail(str(exc), ExitCode.UNAVAILABLE)
     except SettingsError as exc:
         fail(str(exc), ExitCode.USAGE)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     queue = settings.credits_task_queue
-    text = ui.recover_start(since.total_seconds(), subscriptions=subscriptions)
-    handle = await client.start_workflow(
-        RecoverWorkflow.run,
-        recover_input(settings, since, subscriptions),
-        id=f"{RUN_ID_PREFIX}-{stamp}",
-        task_queue=queue,
-        execution_timeout=RUN_TIMEOUT,
-        static_summary=text.summary,
-        static_details=text.details,
-    )
+    handle = await start_recovery(client, recover_input(settings, since, subscriptions))
     if not wait:
         emit({"workflow_id": handle.id, "status": "running"}, as_json=as_json, title="recovery")
         return ExitCode.OK

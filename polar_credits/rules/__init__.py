@@ -3,8 +3,8 @@ rules grant to a subscription on their own timer.
 
 One module per job: schema.py (the TOML file's models and validators), loading.py (reading
 and validating the file), matching.py (does a rule apply), amounts.py (how many units),
-engine.py (the decision: where an order's credits are decided), external_ids.py (the keys
-Polar dedupes grants by). Callers import from here.
+engine.py (the decision: where an order's credits are decided). The keys Polar dedupes grants
+by are built with every other id in polar_credits/identity.py. Callers import from here.
 """
 
 from polar_credits.rules.amounts import (
@@ -30,11 +30,6 @@ from polar_credits.rules.engine import (
     granted_rule_keys,
     needs_first_order,
 )
-from polar_credits.rules.external_ids import (
-    allowance_external_id,
-    grant_external_id,
-    grant_key,
-)
 from polar_credits.rules.loading import load_rules, parse_rules, rules_version
 from polar_credits.rules.schema import (
     BillingReason,
@@ -57,7 +52,6 @@ __all__ = [
     "Rule",
     "RulesError",
     "RulesFile",
-    "allowance_external_id",
     "apply_caps",
     "cap_outcome",
     "cap_reason",
@@ -68,8 +62,6 @@ __all__ = [
     "decide_grants",
     "describe",
     "explain_order",
-    "grant_external_id",
-    "grant_key",
     "grant_key_of",
     "grant_refusal",
     "granted_rule_keys",

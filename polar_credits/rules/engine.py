@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.grant_limit import held_reason, over_max
+from polar_credits.identity import grant_external_id
 from polar_credits.models import (
     AllowanceRule,
     CapOutcome,
@@ -28,7 +29,6 @@ from polar_credits.models import (
     SubscriptionFacts,
 )
 from polar_credits.rules.amounts import fixed_units, order_units
-from polar_credits.rules.external_ids import grant_external_id
 from polar_credits.rules.matching import applies_to_subscription
 from polar_credits.rules.schema import Rule, RulesFile
 

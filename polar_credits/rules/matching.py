@@ -7,25 +7,65 @@ needs a lookup in Polar and is judged by the engine (engine.py), not here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from polar_credits.models import OrderFacts, SubscriptionFacts
-    from polar_credits.rules.schema import MetadataTest, Rule, Scalar
 
 # What a rule's metadata conditions may ask for by equality; anything else is a MetadataTest.
 SCALARS = (str, int, bool)
+Scalar = str | int | bool
 
 
-def verdict(rule: Rule, order: OrderFacts) -> tuple[bool, str]:
+class MetadataTest(Protocol):
+    """A metadata condition other than equality (schema.py's MetadataTest)."""
+
+    @property
+    def one_of(self) -> Sequence[Scalar] | None: ...
+    @property
+    def exists(self) -> bool | None: ...
+
+
+class RuleConditions(Protocol):
+    """The conditions of a rule that matching reads (schema.py's Rule has them): this module
+    needs no more of the schema, which delegates its `verdict` here."""
+
+    @property
+    def every(self) -> str | None: ...
+    @property
+    def billing_reasons(self) -> Sequence[str]: ...
+    @property
+    def during_trial(self) -> bool: ...
+    @property
+    def products(self) -> Sequence[str] | None: ...
+    @property
+    def currencies(self) -> Sequence[str] | None: ...
+    @property
+    def min_net_amount(self) -> int | None: ...
+    @property
+    def discounted(self) -> bool | None: ...
+    @property
+    def metadata(self) -> Mapping[str, Scalar | MetadataTest] | None: ...
+    @property
+    def product_metadata(self) -> Mapping[str, Scalar | MetadataTest] | None: ...
+    @property
+    def customer_metadata(self) -> Mapping[str, Scalar | MetadataTest] | None: ...
+    @property
+    def active_from(self) -> datetime | None: ...
+    @property
+    def active_until(self) -> datetime | None: ...
+
+
+def verdict(rule: RuleConditions, order: OrderFacts) -> tuple[bool, str]:
     """Whether the rule matches the order, with a one-line reason: the first condition that
     fails, or "matched"."""
     problem = mismatch(rule, order)
     return (problem is None, problem or "matched")
 
 
-def mismatch(rule: Rule, order: OrderFacts) -> str | None:
+def mismatch(rule: RuleConditions, order: OrderFacts) -> str | None:
     """The first of the rule's conditions the order fails, said in one line, or None."""
     if rule.every is not None:
         return "a cadence rule: granted by the subscription's allowance run, not on orders"
@@ -56,7 +96,7 @@ def mismatch(rule: Rule, order: OrderFacts) -> str | None:
     return None
 
 
-def applies_to_subscription(rule: Rule, facts: SubscriptionFacts) -> bool:
+def applies_to_subscription(rule: RuleConditions, facts: SubscriptionFacts) -> bool:
     """A cadence rule, for a subscription as it is now (its product, trial state and
     metadata)."""
     return (
@@ -69,7 +109,7 @@ def applies_to_subscription(rule: Rule, facts: SubscriptionFacts) -> bool:
 
 
 def metadata_mismatch(
-    label: str, conditions: dict[str, Scalar | MetadataTest] | None, metadata: dict
+    label: str, conditions: Mapping[str, Scalar | MetadataTest] | None, metadata: dict
 ) -> str | None:
     """The first metadata condition that does not hold, said in one line, or None."""
     for key, wanted in (conditions or {}).items():
@@ -92,18 +132,18 @@ def _test_holds(test: MetadataTest, key: str, metadata: dict) -> bool:
     return any(_same(metadata.get(key), wanted) for wanted in test.one_of)
 
 
-def _covers(rule: Rule, product_id: str | None, subscription_status: str | None) -> bool:
+def _covers(rule: RuleConditions, product_id: str | None, subscription_status: str | None) -> bool:
     """The product and trial conditions, the same for orders and subscriptions."""
     if not rule.during_trial and subscription_status == "trialing":
         return False
     return rule.products is None or product_id in rule.products
 
 
-def _currencies(rule: Rule) -> set[str]:
+def _currencies(rule: RuleConditions) -> set[str]:
     return {c.lower() for c in rule.currencies or ()}
 
 
-def _active_at(rule: Rule, created_at: str | None) -> bool:
+def _active_at(rule: RuleConditions, created_at: str | None) -> bool:
     """Within the validity window, judged on the order's own timestamp; an order that does
     not say when it was made matches no windowed rule."""
     if rule.active_from is None and rule.active_until is None:

@@ -22,7 +22,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 
 from polar_credits.grant_limit import MAX_GRANT_UNITS
-from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.identity import order_workflow_id
 from tests.conftest import SEAT_HEAVY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_allowance_webhooks import subscription_create_order
 from tests.e2e.test_allowances import (

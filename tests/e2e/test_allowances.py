@@ -27,11 +27,9 @@ from datetime import UTC, datetime
 import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
+from polar_credits.identity import allowance_workflow_id
 from polar_credits.models import AllowanceState
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tests.conftest import TEAM_YEARLY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import balance, grant_events, new_customer
 from tests.e2e.test_subscriptions import credited, order_paid

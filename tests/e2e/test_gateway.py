@@ -18,13 +18,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes as sa
 from polar_credits.activities.gateway import PolarGateway
+from polar_credits.identity import order_workflow_id
 from polar_credits.models import (
     OrderCreditsState,
     PolarErrorType,
 )
 from polar_credits.rules import parse_rules
 from polar_credits.worker import build_worker
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import TEST_RULES, Stack, credit_pack_order
 from tests.support.standin import StandinProcess
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from polar_credits.logsafe import ORDER_WORKFLOW_PREFIX, JsonFormatter, shown
-from polar_credits.models import order_key
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.identity import ORDER_WORKFLOW_PREFIX, order_workflow_id
+from polar_credits.identity import safe_key_part as order_key
+from polar_credits.logsafe import JsonFormatter
+from polar_credits.logsafe import for_log as shown
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import BIN, Stack, credit_pack_order
 from tests.support.net import free_port
 from tests.support.processes import REPO_ROOT, stop_process

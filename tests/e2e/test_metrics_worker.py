@@ -14,14 +14,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowHandle
 
+from polar_credits.identity import allowance_workflow_id
 from polar_credits.models import AllowanceState, SubscriptionFacts, SubscriptionObservation
 from polar_credits.worker import build_worker
 from polar_credits.worker_metrics import worker_runtime
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tests.conftest import SEAT_HEAVY_PRODUCT_ID, Stack, credit_pack_order
 from tests.support.net import free_port
 

@@ -24,8 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits.api.operator.temporal_errors import temporal_error
-from polar_credits.backfills import backfill_workflow_id
-from polar_credits.operator_grants import manual_grant_workflow_id
+from polar_credits.identity import backfill_workflow_id, manual_grant_workflow_id
 from tests.conftest import OPERATOR_TOKEN, Stack
 from tests.e2e.test_operators import GRAFANA_TOKEN, cli, start_api, tokens_file, url_of
 from tests.e2e.test_pipeline import grant_events

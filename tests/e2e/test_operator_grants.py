@@ -17,8 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from polar_credits.cli import app
-from polar_credits.operator_grants import manual_grant_external_id, revoke_external_id
-from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.identity import manual_grant_external_id, order_workflow_id, revoke_external_id
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,

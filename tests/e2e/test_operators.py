@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from polar_credits.api.app import create_app
 from polar_credits.api.operator.auth import require_operator
 from polar_credits.cli import app as cli_app
+from polar_credits.identity import order_workflow_id
 from polar_credits.settings import Settings
-from polar_credits.workflows.order_credits import order_workflow_id
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, WEBHOOK_SECRET, Stack
 from tests.e2e.test_operator_grants import eventually, new_customer, order_paid_body
 from tests.support.net import free_port

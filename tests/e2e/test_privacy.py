@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from polar_credits.workflows.order_credits import order_workflow_id
-from polar_credits.workflows.subscription_allowance import allowance_workflow_id
+from polar_credits.identity import allowance_workflow_id, order_workflow_id
 from tests.conftest import CREDIT_PRODUCT_ID, Stack
 from tests.e2e.test_allowance_webhooks import subscription
 from tests.e2e.test_pipeline import grant_events, order_paid_body, post_signed

@@ -20,9 +20,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from polar_credits.cli import app
+from polar_credits.identity import RECONCILE_SCHEDULE_ID as SCHEDULE_ID
+from polar_credits.identity import order_workflow_id
 from polar_credits.reconcile_schedule import ensure_reconcile_schedule
-from polar_credits.reconciliation import SCHEDULE_ID, ReconcileInput
-from polar_credits.workflows.order_credits import order_workflow_id
+from polar_credits.reconciliation import ReconcileInput
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     OPERATOR_TOKEN,

@@ -19,8 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.service import RPCError, RPCStatusCode
 
-from polar_credits.workflows.order_credits import order_workflow_id
-from polar_credits.workflows.subscription_allowance import allowance_workflow_id
+from polar_credits.identity import allowance_workflow_id, order_workflow_id
 from tests.conftest import YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_allowance_webhooks import subscription
 from tests.e2e.test_decision import order_json

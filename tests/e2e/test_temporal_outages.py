@@ -16,9 +16,8 @@ import httpx
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from polar_credits.identity import allowance_workflow_id, order_workflow_id
 from polar_credits.temporal_client import CORE_LOGGER
-from polar_credits.workflows.order_credits import order_workflow_id
-from polar_credits.workflows.subscription_allowance import allowance_workflow_id
 from tests.conftest import OPERATOR_TOKEN, TEST_RULES, WEBHOOK_SECRET, YEARLY_PRODUCT_ID
 from tests.e2e.test_operators import cli
 from tests.support.net import free_port

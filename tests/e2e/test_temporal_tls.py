@@ -28,9 +28,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits.cli.base import ExitCode
+from polar_credits.identity import order_workflow_id
 from polar_credits.settings import Settings, SettingsError
 from polar_credits.temporal_client import TemporalUnreachable, connect_temporal, resolve_temporal
-from polar_credits.workflows.order_credits import order_workflow_id
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, TEST_RULES, WEBHOOK_SECRET
 from tests.support.certs import Pki, make_pki
 from tests.support.grpc_tls_proxy import GrpcTlsProxy

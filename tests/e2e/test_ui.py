@@ -17,8 +17,8 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import ScheduleActionStartWorkflow, WorkflowHandle
 from temporalio.converter import PayloadConverter
 
+from polar_credits.identity import RECONCILE_SCHEDULE_ID as SCHEDULE_ID
 from polar_credits.reconcile_schedule import ensure_reconcile_schedule
-from polar_credits.reconciliation import SCHEDULE_ID
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_allowances import (
     one_month_after,

@@ -37,12 +37,13 @@ from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes
-from polar_credits.activities.credits import grant_event
+from polar_credits.events import grant_event
+from polar_credits.identity import order_workflow_id
 from polar_credits.models import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import decide_grants, parse_rules
 from polar_credits.worker import build_worker
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     KIT_PRODUCT_ID,

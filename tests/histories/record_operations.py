@@ -35,6 +35,7 @@ from polar_credits import search_attributes
 from polar_credits.activities.backfill import BackfillActivities
 from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.backfills import BackfillInput, BackfillTarget
+from polar_credits.identity import ledger_workflow_id
 from polar_credits.models import (
     CapReservation,
     FetchOrderInput,
@@ -46,7 +47,7 @@ from polar_credits.models import (
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState
 from polar_credits.workflows.backfill import BackfillWorkflow
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 from polar_credits.workflows.polar_budget import (
     BudgetState,
     PermitRequest,

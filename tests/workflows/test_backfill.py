@@ -21,8 +21,8 @@ from polar_credits.backfills import (
     BackfillProgress,
     BackfillRequest,
     BackfillTarget,
-    backfill_external_id,
 )
+from polar_credits.identity import backfill_external_id
 from polar_credits.workflows.backfill import BackfillWorkflow
 
 METER = BackfillMeter(name="api_calls", meter_id="m-1", event_name="api_usage")

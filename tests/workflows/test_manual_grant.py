@@ -17,6 +17,13 @@ from temporalio.worker import Replayer, Worker
 
 from polar_credits import search_attributes as sa
 from polar_credits.activities.operator import BALANCE_UNREADABLE
+from polar_credits.identity import (
+    manual_grant_external_id,
+    manual_grant_workflow_id,
+    revoke_external_id,
+    revoke_workflow_id,
+)
+from polar_credits.identity import operator_key_part as key_part
 from polar_credits.models import (
     IngestResult,
     MeterVerification,
@@ -37,11 +44,6 @@ from polar_credits.operator_grants import (
     RevokeInput,
     RevokeItem,
     RevokeState,
-    key_part,
-    manual_grant_external_id,
-    manual_grant_workflow_id,
-    revoke_external_id,
-    revoke_workflow_id,
 )
 from polar_credits.revoke_plan import plan_revoke
 from polar_credits.workflows.manual_grant import ManualGrantWorkflow

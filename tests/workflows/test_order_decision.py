@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
 from polar_credits.activities.ledger import LedgerActivities
+from polar_credits.identity import ledger_workflow_id
 from polar_credits.models import (
     CapReservation,
     DecideOrderInput,
@@ -39,7 +40,7 @@ from polar_credits.models import (
     VerifyGrantsResult,
 )
 from polar_credits.rules import explain_order, parse_rules
-from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow, ledger_workflow_id
+from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 

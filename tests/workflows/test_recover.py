@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
+from polar_credits.identity import allowance_external_id
 from polar_credits.models import SubscriptionObservation
 from polar_credits.reconciliation import ReconcilePageInput, ReconcilePageResult
 from polar_credits.recovery import (
@@ -24,7 +25,6 @@ from polar_credits.recovery import (
     RecoverSubscriptionsInput,
     RecoverSubscriptionsResult,
 )
-from polar_credits.rules import allowance_external_id
 from polar_credits.workflows.recover import RecoverWorkflow
 from tests.workflows import test_subscription_allowance as allowance_tests
 from tests.workflows.conftest import BIN, register_search_attributes

@@ -25,6 +25,7 @@ from temporalio.worker import Worker
 from polar_credits import search_attributes as sa
 from polar_credits.activities.allowance import within_max
 from polar_credits.cadence import parse_cadence
+from polar_credits.identity import allowance_external_id, allowance_workflow_id
 from polar_credits.models import (
     AllowanceGrant,
     AllowanceGrantInput,
@@ -35,16 +36,8 @@ from polar_credits.models import (
     SubscriptionFacts,
     SubscriptionObservation,
 )
-from polar_credits.rules import (
-    allowance_external_id,
-    capped_units,
-    decide_allowance_rules,
-    parse_rules,
-)
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.rules import capped_units, decide_allowance_rules, parse_rules
+from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 
 YEARLY = "product-yearly"
 YEARLY_PRO = "product-yearly-pro"

@@ -22,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import ui_summaries as ui
+from polar_credits.identity import order_workflow_id
 from polar_credits.models import (
     DecideOrderInput,
     FirstOrderFact,
@@ -37,7 +38,7 @@ from polar_credits.models import (
     VerifyGrantsInput,
     VerifyGrantsResult,
 )
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
+from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.workflows import test_subscription_allowance as allowance
 from tests.workflows.test_order_credits import grant
 from tests.workflows.test_subscription_allowance import _terminate_runs  # noqa: F401 - autouse

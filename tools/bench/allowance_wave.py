@@ -64,12 +64,9 @@ from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
 from polar_credits.cadence import Cadence, parse_cadence
+from polar_credits.identity import allowance_external_id, allowance_workflow_id
 from polar_credits.models import AllowanceState
-from polar_credits.rules import allowance_external_id
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tools.bench.burst import (
     CLOSED_STATUSES,
     ORG_LIMIT_PER_MINUTE,

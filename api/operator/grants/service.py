@@ -18,7 +18,6 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -48,6 +47,12 @@ from polar_credits.api.operator.grants.states import (
 from polar_credits.api.operator.run_status import ENDED_UNFINISHED, status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.identity import (
+    manual_grant_external_id,
+    manual_grant_workflow_id,
+    order_workflow_id,
+    revoke_workflow_id,
+)
 from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.operator_grants import (
     GrantMeter,
@@ -55,18 +60,17 @@ from polar_credits.operator_grants import (
     RevokeInput,
     RevokeItem,
     RevokeStatus,
-    manual_grant_external_id,
-    manual_grant_workflow_id,
-    revoke_workflow_id,
 )
-from polar_credits.operators import OPERATOR_MEMO, started_by
+from polar_credits.operators import started_by
 from polar_credits.rules import RulesFile
 from polar_credits.settings import Settings
-from polar_credits.workflows.manual_grant import ManualGrantWorkflow
-from polar_credits.workflows.order_credits import OrderCreditsWorkflow, order_workflow_id
-from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
+from polar_credits.starters.operator import (
+    FINGERPRINT_MEMO,
+    start_manual_grant_run,
+    start_revoke_run,
+)
+from polar_credits.starters.orders import start_order_run
 
-FINGERPRINT_MEMO = "request_sha256"
 # A revoke is a balance read and one ingest: the answer waits for it this long, then says
 # `pending` (its id shows the outcome later).
 REVOKE_WAIT_SECONDS = 20.0
@@ -155,11 +159,8 @@ async def start_manual_grant(
     fingerprint: str,
     operator: str,
 ) -> None:
-    text = ui.manual_grant_start(
-        body.idempotency_key, body.customer_id, body.meter, body.units, via=ui.VIA_OPERATOR_API
-    )
-    await temporal.start_workflow(
-        ManualGrantWorkflow.run,
+    await start_manual_grant_run(
+        temporal,
         ManualGrantInput(
             key=body.idempotency_key,
             customer_id=body.customer_id,
@@ -172,22 +173,9 @@ async def start_manual_grant(
                 first_interval_seconds=settings.credits_verify_first_check_seconds,
             ),
         ),
-        id=manual_grant_workflow_id(body.idempotency_key),
         task_queue=settings.credits_task_queue,
-        # One grant per key, for as long as Temporal keeps the run (Polar dedupes forever).
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        memo={FINGERPRINT_MEMO: fingerprint, OPERATOR_MEMO: operator},
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.CREDIT_STATUS, CreditStatus.PENDING.value),
-                *(
-                    SearchAttributePair(key, value)
-                    for key, value in sa.identity_values("", body.customer_id, None)
-                ),
-            ]
-        ),
-        static_summary=text.summary,
-        static_details=text.details,
+        operator=operator,
+        via=ui.VIA_OPERATOR_API,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
 
@@ -213,7 +201,7 @@ async def revoke_grant(
     kind = KINDS_BY_TYPE[description.workflow_type]
     input = await revoke_input(handle, kind, description, body)
     try:
-        await start_revoke(temporal, settings, revoke_id, input, operator)
+        await start_revoke(temporal, settings, input, operator)
         code = status.HTTP_201_CREATED
     except WorkflowAlreadyStartedError:
         code = status.HTTP_200_OK  # another request revoked it meanwhile
@@ -295,38 +283,17 @@ async def revoke_input(
 
 
 async def start_revoke(
-    temporal: Client, settings: Settings, revoke_id: str, input: RevokeInput, operator: str
+    temporal: Client, settings: Settings, input: RevokeInput, operator: str
 ) -> None:
-    text = ui.revoke_start(
-        input.grant_id,
-        input.customer_id,
-        input.units,
-        input.allow_negative,
-        via=ui.VIA_OPERATOR_API,
-    )
-    await temporal.start_workflow(
-        RevokeGrantWorkflow.run,
+    await start_revoke_run(
+        temporal,
         input,
-        id=revoke_id,
         task_queue=settings.credits_task_queue,
-        # A revoke that failed (the balance could not be read) may be asked again.
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-        memo={OPERATOR_MEMO: operator},
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.CREDIT_STATUS, RevokeStatus.PENDING.value),
-                *(
-                    SearchAttributePair(key, value)
-                    for key, value in sa.identity_values(
-                        input.order_id or "", input.customer_id, None
-                    )
-                ),
-            ]
-        ),
-        static_summary=text.summary,
-        static_details=text.details,
+        operator=operator,
+        via=ui.VIA_OPERATOR_API,
         rpc_timeout=TEMPORAL_TIMEOUT,
     )
+
 
 
 async def revoke_view(
@@ -381,7 +348,7 @@ async def rerun_order(
         )
     input = await first_input(temporal, handle.id, description.run_id)
     try:
-        started = await start_order_rerun(temporal, settings, workflow_id, input, operator)
+        started = await start_order_rerun(temporal, settings, input, operator)
     except WorkflowAlreadyStartedError as exc:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"Order {order_id!r}: another run started meanwhile."
@@ -399,18 +366,13 @@ async def rerun_order(
 
 
 async def start_order_rerun(
-    temporal: Client, settings: Settings, workflow_id: str, input: OrderCreditsInput, operator: str
+    temporal: Client, settings: Settings, input: OrderCreditsInput, operator: str
 ) -> WorkflowHandle[Any, Any]:
-    text = ui.order_run(input.order, via=ui.VIA_RERUN)
-    return await temporal.start_workflow(
-        OrderCreditsWorkflow.run,
+    return await start_order_run(
+        temporal,
         input,
-        id=workflow_id,
         task_queue=settings.credits_task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-        memo={OPERATOR_MEMO: operator},
-        search_attributes=TypedSearchAttributes(sa.order_start_attributes(input.order)),
-        static_summary=text.summary,
-        static_details=text.details,
+        via=ui.VIA_RERUN,
         rpc_timeout=TEMPORAL_TIMEOUT,
+        operator=operator,
     )

@@ -1,5 +1,6 @@
-"""Steering the subscription allowance runs from webhooks: signal-with-start, so a message that
-arrives before its run exists starts it instead of being lost.
+"""The subscription allowance run's starter: one run per subscription, reached with
+signal-with-start so a message that arrives before its run exists starts it instead of being
+lost. Subscription webhooks and recovery both deliver through `steer_allowance`.
 
 Only subscriptions of a product a cadence rule names get a run; for any other product a
 message only reaches a run that already exists (a subscription that moved away from an
@@ -14,20 +15,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
-from polar_credits.logsafe import shown
+from polar_credits.identity import allowance_workflow_id
+from polar_credits.logsafe import for_log
 from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
-from polar_credits.workflows.subscription_allowance import (
-    SubscriptionAllowanceWorkflow,
-    allowance_workflow_id,
-)
+from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 
+# The logger these lines always had (the log formats print its name), from webhook or recovery.
 log = logging.getLogger("polar_credits.api")
 
 
@@ -91,7 +92,7 @@ async def steer_allowance(
                 )
     except WorkflowAlreadyStartedError:
         # The run ended (the subscription ended): nothing more to tell it.
-        log.info("subscription %s: allowance run has ended", shown(facts.subscription_id))
+        log.info("subscription %s: allowance run has ended", for_log(facts.subscription_id))
         return Delivery("ended", workflow_id)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
@@ -102,11 +103,28 @@ async def steer_allowance(
         raise AllowanceUnavailable(type(exc).__name__) from exc
     log.info(
         "subscription %s: %s delivered to %s",
-        shown(facts.subscription_id),
-        shown(observation.event_type or "message", 60),
-        shown(workflow_id),
+        for_log(facts.subscription_id),
+        for_log(observation.event_type or "message", 60),
+        for_log(workflow_id),
     )
     return Delivery("signalled", workflow_id)
+
+
+async def tell_running(
+    client: Client, observation: SubscriptionObservation, *, rpc_timeout: timedelta
+) -> bool:
+    """Signal the subscription's allowance run if it is running (never start one); False when
+    there is none."""
+    handle = client.get_workflow_handle(allowance_workflow_id(observation.facts.subscription_id))
+    try:
+        await handle.signal(
+            SubscriptionAllowanceWorkflow.observe, observation, rpc_timeout=rpc_timeout
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # none, or it has ended
+            return False
+        raise
+    return True
 
 
 def _start_attributes(observation: SubscriptionObservation) -> list[SearchAttributePair]:
