@@ -16,13 +16,13 @@ from polar_credits.events import allowance_event
 from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.identity import allowance_external_id
 from polar_credits.logsafe import for_log
-from polar_credits.models import (
+from polar_credits.models.allowances import (
     AllowanceGrant,
     AllowanceGrantInput,
     AllowanceRule,
     AllowanceRulesInput,
-    PolarErrorType,
 )
+from polar_credits.models.grants import PolarErrorType
 from polar_credits.rules import (
     RulesFile,
     capped_units,

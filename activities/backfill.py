@@ -23,7 +23,7 @@ from polar_credits.backfills import (
     RejectedCustomer,
 )
 from polar_credits.events import backfill_event
-from polar_credits.models import PolarErrorType
+from polar_credits.models.grants import PolarErrorType
 
 SKIP_REPEATED = "listed twice on one page"
 SKIP_NO_CUSTOMER = "no usable customer id"

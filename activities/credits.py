@@ -22,20 +22,19 @@ from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallErro
 from polar_credits.events import grant_event
 from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import for_log
-from polar_credits.models import (
+from polar_credits.models.decisions import (
     DecideOrderInput,
-    FetchOrderInput,
     FirstOrderFact,
     FirstOrderInput,
-    Grant,
-    IngestGrantsInput,
-    IngestResult,
+    OrderDecision,
+)
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import Grant, IngestGrantsInput, IngestResult, PolarErrorType
+from polar_credits.models.orders import FetchOrderInput
+from polar_credits.models.verification import (
     MeterCheckInput,
     MeterReading,
     MeterVerification,
-    OrderDecision,
-    OrderFacts,
-    PolarErrorType,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )

@@ -38,7 +38,7 @@ from polar.v2026_10 import PolarAsync
 from polar.v2026_10.errors import HTTPValidationError
 from temporalio.exceptions import ApplicationError
 
-from polar_credits.models import PolarErrorType
+from polar_credits.models.grants import PolarErrorType
 from polar_credits.polar_ids import path_segment
 from polar_credits.worker_metrics import GatewayMetrics
 

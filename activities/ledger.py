@@ -17,7 +17,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits.identity import ledger_workflow_id
-from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
+from polar_credits.models.ledger import LedgerState, ReserveUnitsInput, ReserveUnitsResult
 from polar_credits.rules import cap_outcome
 from polar_credits.starters.ledger import release_reservations, reserve_with_start
 from polar_credits.workflows.customer_ledger import (

@@ -11,7 +11,7 @@ from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.events import manual_grant_event, revoke_events
 from polar_credits.logsafe import for_log
-from polar_credits.models import IngestResult
+from polar_credits.models.grants import IngestResult
 from polar_credits.operator_grants import (
     BalanceReadInput,
     BalanceReadResult,

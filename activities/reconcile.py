@@ -21,11 +21,9 @@ from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.identity import safe_key_part
 from polar_credits.logsafe import for_log
-from polar_credits.models import (
-    OrderCreditsInput,
-    OrderFacts,
-    SubscriptionObservation,
-)
+from polar_credits.models.allowances import SubscriptionObservation
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.orders import OrderCreditsInput
 from polar_credits.orders import PaidOrder, SubscriptionSnapshot, order_facts, subscription_facts
 from polar_credits.reconciliation import (
     WATERMARK_MEMO,

@@ -23,7 +23,7 @@ from polar_credits.activities.credits import heartbeating
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.identity import allowance_workflow_id
 from polar_credits.logsafe import for_log
-from polar_credits.models import SubscriptionObservation
+from polar_credits.models.allowances import SubscriptionObservation
 from polar_credits.orders import PolarSubscription, subscription_facts
 from polar_credits.recovery import (
     RECOVERED_STATUSES,

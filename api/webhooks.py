@@ -40,12 +40,9 @@ from polar_credits.api.payloads import (
 from polar_credits.api.problems import Problem
 from polar_credits.identity import order_workflow_id
 from polar_credits.logsafe import for_log
-from polar_credits.models import (
-    OrderCreditsInput,
-    OrderFacts,
-    SubscriptionObservation,
-    VerificationPolicy,
-)
+from polar_credits.models.allowances import SubscriptionObservation
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.orders import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import (
     PaidOrder,
     PolarSubscription,

@@ -12,7 +12,8 @@ from typing import Any
 
 from polar_credits.backfills import BackfillPageInput
 from polar_credits.identity import backfill_external_id, safe_key_part
-from polar_credits.models import AllowanceGrantInput, Grant
+from polar_credits.models.allowances import AllowanceGrantInput
+from polar_credits.models.grants import Grant
 from polar_credits.operator_grants import ManualGrantIngestInput, RevokeIngestInput
 
 # Every event's `source`: what an operator filters on in Polar to see this service's events.

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from polar_credits.models import OrderFacts
+    from polar_credits.models.facts import OrderFacts
 
 # -- Key safety ------------------------------------------------------------------------------
 # Two schemes, because ids built with each exist in Temporal and Polar: merging them would

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from polar_credits.models import IngestResult, MeterVerification, VerificationPolicy
+from polar_credits.models.grants import IngestResult
+from polar_credits.models.orders import VerificationPolicy
+from polar_credits.models.verification import MeterVerification
 
 # The longest idempotency key the operator API takes (longer than OPERATOR_KEY's plain ones:
 # those are hashed into ids, polar_credits/identity.py `operator_key_part`).

@@ -15,7 +15,8 @@ from typing import Annotated, Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from polar_credits.logsafe import for_log
-from polar_credits.models import MetadataValue, OrderFacts, SubscriptionFacts
+from polar_credits.models.allowances import SubscriptionFacts
+from polar_credits.models.facts import MetadataValue, OrderFacts
 from polar_credits.moments import to_utc
 from polar_credits.rules import BillingReason, MetadataKeys
 

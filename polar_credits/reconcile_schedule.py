@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from polar_credits.identity import (
     RECONCILE_SCHEDULE_ID,
 )
-from polar_credits.models import VerificationPolicy
+from polar_credits.models.orders import VerificationPolicy
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.settings import Settings
 from polar_credits.starters.runs import reconcile_schedule_action

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from polar_credits.models import VerificationPolicy
+from polar_credits.models.orders import VerificationPolicy
 
 # The schedule's and its runs' ids: polar_credits/identity.py (RECONCILE_*).
 # The memo key of a completed run's watermark, read back through visibility by the next run.

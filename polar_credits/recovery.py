@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from polar_credits.models import VerificationPolicy
+from polar_credits.models.orders import VerificationPolicy
 from polar_credits.reconciliation import PAGE_SIZE
 
 # A recovery's run id: polar_credits/identity.py `recover_workflow_id`.

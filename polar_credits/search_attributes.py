@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from temporalio.common import SearchAttributeKey, SearchAttributePair
 
 if TYPE_CHECKING:
-    from polar_credits.models import OrderFacts
+    from polar_credits.models.facts import OrderFacts
 
 POLAR_ORDER_ID = SearchAttributeKey.for_keyword("PolarOrderId")
 POLAR_CUSTOMER_ID = SearchAttributeKey.for_keyword("PolarCustomerId")

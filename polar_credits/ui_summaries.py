@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from polar_credits.models import OrderFacts
+    from polar_credits.models.facts import OrderFacts
 
 # Ids are abbreviated in summaries: enough to recognise a run in a list, and a summary stays
 # one short line. Details carry the full ids.

@@ -17,7 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from polar_credits import search_attributes
 from polar_credits.activities.gateway import PolarGateway
-from polar_credits.models import OrderCreditsInput, OrderFacts, VerificationPolicy
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.orders import OrderCreditsInput, VerificationPolicy
 from polar_credits.rules import RulesFile, load_rules
 from polar_credits.settings import Settings
 from polar_credits.worker import build_worker

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from polar_credits.models import AllowanceGrant, AllowanceRule
+from polar_credits.models.allowances import AllowanceGrant, AllowanceRule
 from polar_credits.rules import capped_units
 
 READ_AT = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)  # the balance's modified_at

@@ -10,7 +10,7 @@ import pytest
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.identity import allowance_external_id
-from polar_credits.models import SubscriptionFacts
+from polar_credits.models.allowances import SubscriptionFacts
 from polar_credits.rules import decide_allowance_rules, parse_rules
 from tools.bench.allowance_wave import (
     GRANT_UNITS,

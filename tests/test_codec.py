@@ -21,7 +21,7 @@ from polar_credits.codec import (
     data_converter,
     payload_codec,
 )
-from polar_credits.models import OrderFacts
+from polar_credits.models.facts import OrderFacts
 from polar_credits.settings import Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from polar_credits.models import FirstOrderFact, OrderFacts
+from polar_credits.models.decisions import FirstOrderFact
+from polar_credits.models.facts import OrderFacts
 from polar_credits.rules import (
     apply_caps,
     cap_outcome,

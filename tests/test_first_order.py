@@ -10,7 +10,7 @@ import pytest
 
 from polar_credits.activities.credits import FIRST_ORDER_PAGE, CreditActivities
 from polar_credits.activities.gateway import OrderStamp
-from polar_credits.models import FirstOrderInput
+from polar_credits.models.decisions import FirstOrderInput
 from polar_credits.rules import parse_rules
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

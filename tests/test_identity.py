@@ -43,7 +43,9 @@ from polar_credits.identity import (
     revoke_workflow_id,
     safe_key_part,
 )
-from polar_credits.models import AllowanceGrantInput, AllowanceRule, Grant, OrderFacts
+from polar_credits.models.allowances import AllowanceGrantInput, AllowanceRule
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import Grant
 from polar_credits.operator_grants import (
     GrantMeter,
     ManualGrantIngestInput,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from polar_credits.identity import allowance_external_id
-from polar_credits.models import OrderFacts, SubscriptionFacts
+from polar_credits.models.allowances import SubscriptionFacts
+from polar_credits.models.facts import OrderFacts
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import (
     RulesError,

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from polar_credits.models import OrderFacts
+from polar_credits.models.facts import OrderFacts
 from polar_credits.rules import RulesError, decide_grants, parse_rules
 
 METER = '[meters.api_calls]\nid = "meter-1"\nevent_name = "api_usage"\n'

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from polar_credits.identity import allowance_external_id
-from polar_credits.models import OrderFacts, SubscriptionFacts
+from polar_credits.models.allowances import SubscriptionFacts
+from polar_credits.models.facts import OrderFacts
 from polar_credits.orders import PaidOrder, PolarSubscription, order_facts, subscription_facts
 from polar_credits.rules import (
     MetadataKeys,

@@ -18,16 +18,14 @@ from temporalio.common import (
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.backfills import BackfillInput, BackfillMeter, BackfillRequest
-from polar_credits.models import (
+from polar_credits.models.allowances import (
     AllowanceState,
-    LedgerState,
-    OrderCreditsInput,
-    OrderFacts,
-    ReserveUnitsInput,
-    RulesPreviewInput,
     SubscriptionFacts,
     SubscriptionObservation,
 )
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.ledger import LedgerState, ReserveUnitsInput
+from polar_credits.models.orders import OrderCreditsInput, RulesPreviewInput
 from polar_credits.operator_grants import (
     GrantMeter,
     ManualGrantInput,

@@ -16,7 +16,7 @@ import uuid
 import httpx
 from temporalio.client import WorkflowFailureError
 
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.settings import SettingsError, load_settings
 from polar_credits.temporal_client import (
     TemporalUnreachable,

@@ -13,7 +13,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits.cadence import parse_cadence
-    from polar_credits.models import AllowanceRule, AllowanceState, SubscriptionFacts
+    from polar_credits.models.allowances import AllowanceRule, AllowanceState, SubscriptionFacts
 
 # Statuses that end the run; others grant (in good standing), hold or skip a due period.
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired", "unpaid"})

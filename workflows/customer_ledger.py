@@ -14,7 +14,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
-    from polar_credits.models import (
+    from polar_credits.models.ledger import (
         CapReservation,
         LedgerState,
         ReserveUnitsInput,

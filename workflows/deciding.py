@@ -15,14 +15,9 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
-    from polar_credits.models import (
-        CapReservation,
-        DecideOrderInput,
-        FirstOrderInput,
-        OrderDecision,
-        OrderFacts,
-        ReserveUnitsInput,
-    )
+    from polar_credits.models.decisions import DecideOrderInput, FirstOrderInput, OrderDecision
+    from polar_credits.models.facts import OrderFacts
+    from polar_credits.models.ledger import CapReservation, ReserveUnitsInput
     from polar_credits.rules import apply_caps, cap_reservations
     from polar_credits.workflows.policies import (
         DECIDE_TIMEOUT,

@@ -15,12 +15,9 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.operator import OperatorActivities
     from polar_credits.identity import manual_grant_external_id
-    from polar_credits.models import (
-        CreditStatus,
-        MeterGrant,
-        MeterVerification,
-        PolarErrorType,
-    )
+    from polar_credits.models.grants import PolarErrorType
+    from polar_credits.models.orders import CreditStatus
+    from polar_credits.models.verification import MeterGrant, MeterVerification
     from polar_credits.operator_grants import (
         ManualGrantIngestInput,
         ManualGrantInput,

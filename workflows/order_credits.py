@@ -18,22 +18,16 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.activities.credits import CreditActivities
     from polar_credits.activities.ledger import LedgerActivities
     from polar_credits.logsafe import for_log
-    from polar_credits.models import (
-        CapReservation,
-        CreditStatus,
-        Grant,
-        HeldGrant,
-        IngestGrantsInput,
-        IngestResult,
+    from polar_credits.models.decisions import HeldGrant
+    from polar_credits.models.facts import OrderFacts
+    from polar_credits.models.grants import Grant, IngestGrantsInput, IngestResult, PolarErrorType
+    from polar_credits.models.ledger import CapReservation, ReserveUnitsInput
+    from polar_credits.models.orders import CreditStatus, OrderCreditsInput, OrderCreditsState
+    from polar_credits.models.verification import (
         MeterCheckInput,
         MeterGrant,
         MeterReading,
         MeterVerification,
-        OrderCreditsInput,
-        OrderCreditsState,
-        OrderFacts,
-        PolarErrorType,
-        ReserveUnitsInput,
     )
     from polar_credits.rules import granted_rule_keys
     from polar_credits.worker_metrics import count_held

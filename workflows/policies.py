@@ -13,7 +13,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from polar_credits.activities.operator import BALANCE_UNREADABLE
-    from polar_credits.models import PolarErrorType
+    from polar_credits.models.grants import PolarErrorType
 
 # -- retry policies ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits import search_attributes as sa
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.operator import OperatorActivities
-    from polar_credits.models import PolarErrorType
+    from polar_credits.models.grants import PolarErrorType
     from polar_credits.operator_grants import (
         BalanceReadInput,
         RevokeIngestInput,

@@ -12,11 +12,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
-    from polar_credits.models import (
-        FetchOrderInput,
-        OrderDecision,
-        RulesPreviewInput,
-    )
+    from polar_credits.models.decisions import OrderDecision
+    from polar_credits.models.orders import FetchOrderInput, RulesPreviewInput
     from polar_credits.workflows.deciding import PREVIEW_DECISION, OrderDecisionStep
     from polar_credits.workflows.policies import PREVIEW_ACTIVITY_TIMEOUT, PREVIEW_RETRY
 

@@ -29,18 +29,18 @@ with workflow.unsafe.imports_passed_through():
     from polar_credits.activities.allowance import AllowanceActivities
     from polar_credits.cadence import parse_cadence
     from polar_credits.logsafe import for_log
-    from polar_credits.models import (
+    from polar_credits.models.allowances import (
         AllowanceGrant,
         AllowanceGrantInput,
         AllowanceRule,
         AllowanceRulesInput,
         AllowanceState,
         AllowanceStatus,
-        HeldGrant,
-        PolarErrorType,
         SubscriptionFacts,
         SubscriptionObservation,
     )
+    from polar_credits.models.decisions import HeldGrant
+    from polar_credits.models.grants import PolarErrorType
     from polar_credits.worker_metrics import count_held, count_refused
     from polar_credits.workflows.allowance_schedule import (
         decision_fields,

@@ -12,12 +12,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from polar_credits import ui_summaries as ui
     from polar_credits.activities.credits import CreditActivities
-    from polar_credits.models import (
-        MeterGrant,
-        MeterVerification,
-        VerificationPolicy,
-        VerifyGrantsInput,
-    )
+    from polar_credits.models.orders import VerificationPolicy
+    from polar_credits.models.verification import MeterGrant, MeterVerification, VerifyGrantsInput
     from polar_credits.workflows.policies import HEARTBEAT_TIMEOUT, VERIFY_RETRY
 
 VERIFY_SLACK = timedelta(minutes=5)

@@ -22,7 +22,9 @@ from polar_credits.api.operator.grants.query import ID_VALUE
 from polar_credits.api.operator.route import OperatorRoute
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
-from polar_credits.models import OrderDecision, PolarErrorType, RulesPreviewInput
+from polar_credits.models.decisions import OrderDecision
+from polar_credits.models.grants import PolarErrorType
+from polar_credits.models.orders import RulesPreviewInput
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import describe
 from polar_credits.starters.runs import PREVIEW_TIMEOUT, run_preview

@@ -30,7 +30,7 @@ from polar_credits.cli.base import (
     exit_process,
     fail,
 )
-from polar_credits.models import VerificationPolicy
+from polar_credits.models.orders import VerificationPolicy
 from polar_credits.recovery import RecoverInput, RecoverResult
 from polar_credits.settings import Settings, SettingsError, load_settings
 from polar_credits.starters.runs import start_recovery

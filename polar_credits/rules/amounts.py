@@ -9,10 +9,11 @@ from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
-from polar_credits.models import CapOutcome, CapReservation
+from polar_credits.models.ledger import CapOutcome, CapReservation
 
 if TYPE_CHECKING:
-    from polar_credits.models import AllowanceGrant, AllowanceRule, OrderFacts
+    from polar_credits.models.allowances import AllowanceGrant, AllowanceRule
+    from polar_credits.models.facts import OrderFacts
     from polar_credits.rules.schema import Rule
 
 # Currencies whose amounts Polar (through Stripe) counts in whole units, not hundredths:

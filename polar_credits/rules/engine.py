@@ -16,18 +16,11 @@ from dataclasses import replace
 from polar_credits.cadence import parse_cadence
 from polar_credits.grant_limit import held_reason, over_max
 from polar_credits.identity import grant_external_id
-from polar_credits.models import (
-    AllowanceRule,
-    CapOutcome,
-    CapReservation,
-    FirstOrderFact,
-    Grant,
-    HeldGrant,
-    OrderDecision,
-    OrderFacts,
-    RuleVerdict,
-    SubscriptionFacts,
-)
+from polar_credits.models.allowances import AllowanceRule, SubscriptionFacts
+from polar_credits.models.decisions import FirstOrderFact, HeldGrant, OrderDecision, RuleVerdict
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import Grant
+from polar_credits.models.ledger import CapOutcome, CapReservation
 from polar_credits.rules.amounts import fixed_units, order_units
 from polar_credits.rules.matching import applies_to_subscription
 from polar_credits.rules.schema import Rule, RulesFile

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from polar_credits.models import OrderFacts, SubscriptionFacts
+    from polar_credits.models.allowances import SubscriptionFacts
+    from polar_credits.models.facts import OrderFacts
 
 # What a rule's metadata conditions may ask for by equality; anything else is a MetadataTest.
 SCALARS = (str, int, bool)

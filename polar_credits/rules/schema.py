@@ -31,7 +31,7 @@ from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.rules import matching
 
 if TYPE_CHECKING:
-    from polar_credits.models import OrderFacts
+    from polar_credits.models.facts import OrderFacts
 
 BillingReason = Literal[
     "purchase",

@@ -24,7 +24,7 @@ from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.identity import allowance_workflow_id
 from polar_credits.logsafe import for_log
-from polar_credits.models import AllowanceState, AllowanceStatus, SubscriptionObservation
+from polar_credits.models.allowances import AllowanceState, AllowanceStatus, SubscriptionObservation
 from polar_credits.rules import RulesFile
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 

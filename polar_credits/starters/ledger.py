@@ -10,7 +10,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.identity import ledger_customer_key, ledger_workflow_id
-from polar_credits.models import LedgerState, ReserveUnitsInput, ReserveUnitsResult
+from polar_credits.models.ledger import LedgerState, ReserveUnitsInput, ReserveUnitsResult
 from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 
 

@@ -18,7 +18,7 @@ from polar_credits.identity import (
     manual_grant_workflow_id,
     revoke_workflow_id,
 )
-from polar_credits.models import CreditStatus
+from polar_credits.models.orders import CreditStatus
 from polar_credits.operator_grants import (
     ManualGrantInput,
     ManualGrantState,

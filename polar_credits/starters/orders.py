@@ -11,7 +11,7 @@ from temporalio.common import TypedSearchAttributes, WorkflowIDReusePolicy
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import OrderCreditsInput, OrderCreditsState
+from polar_credits.models.orders import OrderCreditsInput, OrderCreditsState
 from polar_credits.operators import OPERATOR_MEMO
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 

@@ -15,7 +15,8 @@ from polar_credits.identity import (
     reconcile_now_workflow_id,
     recover_workflow_id,
 )
-from polar_credits.models import OrderDecision, RulesPreviewInput
+from polar_credits.models.decisions import OrderDecision
+from polar_credits.models.orders import RulesPreviewInput
 from polar_credits.operators import OPERATOR_MEMO
 from polar_credits.reconciliation import ReconcileInput, ReconcileResult
 from polar_credits.recovery import RecoverInput, RecoverResult

@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from polar_credits import search_attributes as sa
 from polar_credits.identity import allowance_workflow_id, order_workflow_id
-from polar_credits.models import AllowanceState
+from polar_credits.models.allowances import AllowanceState
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tests.conftest import UNRULED_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import grant_events, new_customer, order_paid_body, post_signed

@@ -28,7 +28,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from polar_credits.identity import allowance_workflow_id
-from polar_credits.models import AllowanceState
+from polar_credits.models.allowances import AllowanceState
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tests.conftest import TEAM_YEARLY_PRODUCT_ID, YEARLY_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import balance, grant_events, new_customer

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from polar_credits import search_attributes as sa
 from polar_credits.cli import app
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from tests.conftest import KIT_PRODUCT_ID, OPERATOR_TOKEN, Stack
 from tests.e2e.test_pipeline import grant_events, new_customer

@@ -29,7 +29,7 @@ from temporalio.worker import Replayer
 from polar_credits import search_attributes as sa
 from polar_credits.codec import ENCODING, KEY_ID_METADATA, data_converter
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.settings import Settings
 from polar_credits.worker import BUDGET_QUEUE_WORKFLOWS, ORDER_QUEUE_WORKFLOWS
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow

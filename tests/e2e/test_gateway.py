@@ -19,10 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 from polar_credits import search_attributes as sa
 from polar_credits.activities.gateway import PolarGateway
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import (
-    OrderCreditsState,
-    PolarErrorType,
-)
+from polar_credits.models.grants import PolarErrorType
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.rules import parse_rules
 from polar_credits.worker import build_worker
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow

@@ -15,7 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowHandle
 
 from polar_credits.identity import allowance_workflow_id
-from polar_credits.models import AllowanceState, SubscriptionFacts, SubscriptionObservation
+from polar_credits.models.allowances import (
+    AllowanceState,
+    SubscriptionFacts,
+    SubscriptionObservation,
+)
 from polar_credits.worker import build_worker
 from polar_credits.worker_metrics import worker_runtime
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow

@@ -17,7 +17,9 @@ from temporalio.testing import ActivityEnvironment
 from polar_credits import search_attributes as sa
 from polar_credits.activities.credits import CreditActivities
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import IngestGrantsInput, OrderCreditsState, OrderFacts
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import IngestGrantsInput
+from polar_credits.models.orders import OrderCreditsState
 from tests.conftest import (
     CREDIT_PRODUCT_ID,
     METER_ID,

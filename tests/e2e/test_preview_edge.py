@@ -19,7 +19,8 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from polar_credits.models import PolarErrorType, RulesPreviewInput
+from polar_credits.models.grants import PolarErrorType
+from polar_credits.models.orders import RulesPreviewInput
 from polar_credits.workflows.rules_preview import RulesPreviewWorkflow
 from tests.conftest import CREDIT_PRODUCT_ID, OPERATOR_TOKEN, Stack
 from tests.e2e.test_decision import order_json, preview_url

@@ -34,7 +34,7 @@ from temporalio.service import RPCError
 
 from polar_credits.cadence import parse_cadence
 from polar_credits.identity import allowance_workflow_id, order_workflow_id
-from polar_credits.models import AllowanceState
+from polar_credits.models.allowances import AllowanceState
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tests.conftest import (
     CREDIT_PRODUCT_ID,

@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits.identity import registry_workflow_id
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState, read_registry
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow
 from polar_credits.workflows.rules_registry import RulesRegistryWorkflow

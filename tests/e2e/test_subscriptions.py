@@ -8,7 +8,7 @@ import asyncio
 
 import httpx
 
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from tests.conftest import SUBSCRIPTION_PRODUCT_ID, Stack
 from tests.e2e.test_pipeline import balance, grant_events, new_customer
 

@@ -14,9 +14,7 @@ from polar.v2026_10 import PolarAsync
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from polar_credits.models import (
-    OrderCreditsState,
-)
+from polar_credits.models.orders import OrderCreditsState
 from polar_credits.rules import parse_rules
 from polar_credits.worker import build_worker
 from polar_credits.workflows.order_credits import OrderCreditsWorkflow

@@ -26,7 +26,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import OrderCreditsState
+from polar_credits.models.orders import OrderCreditsState
 from tests.conftest import CREDIT_PRODUCT_ID, WEBHOOK_SECRET, Stack
 from tests.e2e.test_pipeline import assert_no_run, grant_events, order_paid_body
 from tests.support.signing import polar_signed_headers

@@ -39,7 +39,7 @@ from temporalio.testing import WorkflowEnvironment
 from polar_credits import search_attributes
 from polar_credits.events import grant_event
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import OrderCreditsInput, VerificationPolicy
+from polar_credits.models.orders import OrderCreditsInput, VerificationPolicy
 from polar_credits.orders import PaidOrder, order_facts
 from polar_credits.rules import decide_grants, parse_rules
 from polar_credits.worker import build_worker

@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 from polar_credits import search_attributes
 from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.identity import ledger_workflow_id
-from polar_credits.models import CapReservation, LedgerState, ReserveUnitsInput
+from polar_credits.models.ledger import CapReservation, LedgerState, ReserveUnitsInput
 from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 from tests.conftest import temporal_binary
 from tests.histories.record import every_run, report_privacy, save_history

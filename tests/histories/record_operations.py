@@ -36,14 +36,10 @@ from polar_credits.activities.backfill import BackfillActivities
 from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.backfills import BackfillInput, BackfillTarget
 from polar_credits.identity import ledger_workflow_id
-from polar_credits.models import (
-    CapReservation,
-    FetchOrderInput,
-    OrderFacts,
-    PolarErrorType,
-    ReserveUnitsInput,
-    RulesPreviewInput,
-)
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import PolarErrorType
+from polar_credits.models.ledger import CapReservation, ReserveUnitsInput
+from polar_credits.models.orders import FetchOrderInput, RulesPreviewInput
 from polar_credits.reconciliation import ReconcileInput
 from polar_credits.rule_keys import AcceptedRules, RegisteredKey, RegistryState
 from polar_credits.workflows.backfill import BackfillWorkflow

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from polar_credits.activities.operator import BALANCE_UNREADABLE
 from polar_credits.identity import manual_grant_workflow_id, revoke_workflow_id
-from polar_credits.models import PolarErrorType
+from polar_credits.models.grants import PolarErrorType
 from polar_credits.workflows.manual_grant import ManualGrantWorkflow
 from polar_credits.workflows.revoke_grant import RevokeGrantWorkflow
 from tests.histories.record import recorder_main, report_privacy, save_runs

@@ -24,11 +24,10 @@ from polar_credits.identity import (
     revoke_workflow_id,
 )
 from polar_credits.identity import operator_key_part as key_part
-from polar_credits.models import (
-    IngestResult,
+from polar_credits.models.grants import IngestResult, PolarErrorType
+from polar_credits.models.orders import VerificationPolicy
+from polar_credits.models.verification import (
     MeterVerification,
-    PolarErrorType,
-    VerificationPolicy,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )

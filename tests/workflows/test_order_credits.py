@@ -14,18 +14,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from polar_credits import search_attributes as sa
-from polar_credits.models import (
-    DecideOrderInput,
-    Grant,
-    IngestGrantsInput,
-    IngestResult,
+from polar_credits.models.decisions import DecideOrderInput, OrderDecision
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import Grant, IngestGrantsInput, IngestResult, PolarErrorType
+from polar_credits.models.orders import OrderCreditsInput, OrderCreditsState, VerificationPolicy
+from polar_credits.models.verification import (
     MeterVerification,
-    OrderCreditsInput,
-    OrderCreditsState,
-    OrderDecision,
-    OrderFacts,
-    PolarErrorType,
-    VerificationPolicy,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )

@@ -19,23 +19,23 @@ from temporalio.worker import Worker
 from polar_credits import search_attributes as sa
 from polar_credits.activities.ledger import LedgerActivities
 from polar_credits.identity import ledger_workflow_id
-from polar_credits.models import (
-    CapReservation,
+from polar_credits.models.decisions import (
     DecideOrderInput,
     FirstOrderFact,
     FirstOrderInput,
-    IngestGrantsInput,
-    IngestResult,
-    LedgerState,
-    MeterVerification,
+    OrderDecision,
+)
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import IngestGrantsInput, IngestResult, PolarErrorType
+from polar_credits.models.ledger import CapReservation, LedgerState, ReserveUnitsInput
+from polar_credits.models.orders import (
     OrderCreditsInput,
     OrderCreditsState,
-    OrderDecision,
-    OrderFacts,
-    PolarErrorType,
-    ReserveUnitsInput,
     RulesPreviewInput,
     VerificationPolicy,
+)
+from polar_credits.models.verification import (
+    MeterVerification,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from polar_credits.identity import allowance_external_id
-from polar_credits.models import SubscriptionObservation
+from polar_credits.models.allowances import SubscriptionObservation
 from polar_credits.reconciliation import ReconcilePageInput, ReconcilePageResult
 from polar_credits.recovery import (
     RecoverInput,

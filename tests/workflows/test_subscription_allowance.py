@@ -26,16 +26,16 @@ from polar_credits import search_attributes as sa
 from polar_credits.activities.allowance import within_max
 from polar_credits.cadence import parse_cadence
 from polar_credits.identity import allowance_external_id, allowance_workflow_id
-from polar_credits.models import (
+from polar_credits.models.allowances import (
     AllowanceGrant,
     AllowanceGrantInput,
     AllowanceRule,
     AllowanceRulesInput,
     AllowanceState,
-    PolarErrorType,
     SubscriptionFacts,
     SubscriptionObservation,
 )
+from polar_credits.models.grants import PolarErrorType
 from polar_credits.rules import capped_units, decide_allowance_rules, parse_rules
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 

@@ -23,18 +23,17 @@ from temporalio.worker import Worker
 
 from polar_credits import ui_summaries as ui
 from polar_credits.identity import order_workflow_id
-from polar_credits.models import (
+from polar_credits.models.decisions import (
     DecideOrderInput,
     FirstOrderFact,
     FirstOrderInput,
-    IngestGrantsInput,
-    IngestResult,
-    MeterVerification,
-    OrderCreditsInput,
-    OrderCreditsState,
     OrderDecision,
-    OrderFacts,
-    VerificationPolicy,
+)
+from polar_credits.models.facts import OrderFacts
+from polar_credits.models.grants import IngestGrantsInput, IngestResult
+from polar_credits.models.orders import OrderCreditsInput, OrderCreditsState, VerificationPolicy
+from polar_credits.models.verification import (
+    MeterVerification,
     VerifyGrantsInput,
     VerifyGrantsResult,
 )

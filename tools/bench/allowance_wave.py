@@ -65,7 +65,7 @@ from temporalio.worker import Worker
 from polar_credits import search_attributes as sa
 from polar_credits.cadence import Cadence, parse_cadence
 from polar_credits.identity import allowance_external_id, allowance_workflow_id
-from polar_credits.models import AllowanceState
+from polar_credits.models.allowances import AllowanceState
 from polar_credits.workflows.subscription_allowance import SubscriptionAllowanceWorkflow
 from tools.bench.burst import (
     CLOSED_STATUSES,

@@ -53,7 +53,7 @@ from polar_credits.identity import (
     order_workflow_id,
     revoke_workflow_id,
 )
-from polar_credits.models import CreditStatus, OrderCreditsInput, VerificationPolicy
+from polar_credits.models.orders import CreditStatus, OrderCreditsInput, VerificationPolicy
 from polar_credits.operator_grants import (
     GrantMeter,
     ManualGrantInput,
