@@ -119,7 +119,9 @@ def grant(order_id: str, customer_id: str = "cus-1", **metadata: Any) -> dict[st
 async def scheduling(polar: FakePolar, permits: Permits) -> AsyncIterator[CallScheduler]:
     scheduler = CallScheduler(polar, permits)
     try:
-        yield scheduler
+        # A caller the scheduler never answers fails the test instead of hanging it.
+        async with asyncio.timeout(5):
+            yield scheduler
     finally:
         await scheduler.close()
 
