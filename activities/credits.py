@@ -1,7 +1,7 @@
 """Activities of the order-credits workflow: decide grants, ingest them, verify the meter.
 
 All side effects live here, and every Polar call goes through the gateway
-(activities/gateway.py), which batches, paces and translates Polar's errors. Verification
+(activities/gateway/), which batches, paces and translates Polar's errors. Verification
 observes and never decides: once the grant is in Polar, no failure while reading can fail
 the run.
 """

@@ -121,7 +121,7 @@ BARE_WORKFLOW = "WaveBareTimerWorkflow"
 ALLOWANCE_RUNS = f'WorkflowType = "{ALLOWANCE_WORKFLOW}"'
 ORDER_RUNS = f'WorkflowType = "{ORDER_WORKFLOW}"'
 
-# activities/gateway.py: one ingest call takes at most this many events, this many bytes.
+# activities/gateway/scheduler.py: one ingest call takes at most this many events, this many bytes.
 MAX_BATCH_EVENTS = 5000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 
