@@ -28,8 +28,9 @@ demo: $(VENV_STAMP) ## Simulate a purchase against the running stack (after make
 test: $(VENV_STAMP) ## Run the test suite
 	$(VENV)/bin/pytest
 
-lint: $(VENV_STAMP) ## Check the code with ruff
+lint: $(VENV_STAMP) ## Check the code: ruff, and mypy (strict) over the service
 	$(VENV)/bin/ruff check .
+	$(VENV_PYTHON) -m tools.typecheck
 
 # Strict: a broken link or anchor, a page missing from mkdocs.yml's nav, or a missing page
 # fails the build (mkdocs.yml, validation). tests/test_docs_site.py runs the same build.

@@ -7,6 +7,9 @@ the workflow history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -107,5 +110,5 @@ class AllowanceActivities:
         )
         return grant
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.allowance_rules, self.grant_allowance]

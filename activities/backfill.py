@@ -131,6 +131,7 @@ class BackfillActivities:
             if isinstance(outcome, IngestOutcome):
                 count(result, outcome)
             elif _is_rejection(outcome):
+                assert isinstance(outcome, ApplicationError)  # what _is_rejection checked
                 result.rejected.append(RejectedCustomer(customer_id, outcome.message))
             else:
                 raise outcome

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -298,7 +298,8 @@ class CreditActivities:
             meter is not None
             and len(stamps) >= len(wanted)
             and modified is not None
-            and all(modified >= stamp for stamp in stamps)
+            # Polar's events always carry a timestamp (a None would fail the read, as before).
+            and all(modified >= cast(datetime, stamp) for stamp in stamps)
         )
         return MeterReading(
             meter_id=check.meter_id,
@@ -310,7 +311,7 @@ class CreditActivities:
             includes_grant=includes,
         )
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.evaluate_rules,
             self.decide_order_grants,

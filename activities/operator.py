@@ -4,11 +4,14 @@ and its compensating events. Every Polar call goes through the gateway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import PolarGateway
+from polar_credits.activities.gateway import IngestOutcome, PolarGateway
 from polar_credits.events import manual_grant_event, revoke_events
 from polar_credits.logsafe import for_log
 from polar_credits.models.grants import IngestResult
@@ -73,11 +76,11 @@ class OperatorActivities:
         )
         return _result(outcome)
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.ingest_manual_grant, self.read_revoke_balances, self.ingest_revoke]
 
 
-def _result(outcome) -> IngestResult:  # noqa: ANN001 - the gateway's IngestOutcome
+def _result(outcome: IngestOutcome) -> IngestResult:
     return IngestResult(
         inserted=outcome.inserted,
         duplicates=outcome.duplicates,

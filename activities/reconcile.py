@@ -9,7 +9,9 @@ run. Only order ids and counts leave these activities.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -162,5 +164,5 @@ class ReconcileActivities:
         log.info("reconcile: order %s had no run; started %s", for_log(facts.order_id), handle.id)
         return True
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.watermark, self.reconcile_page]

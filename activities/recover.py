@@ -11,7 +11,9 @@ restarted this way grants nothing a lost run had granted. Only ids and counts le
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -169,5 +171,5 @@ class RecoverActivities:
                 result.ignored += 1
         return result
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.recover_subscriptions_page]

@@ -108,7 +108,8 @@ def workflow_ui_url(settings: Settings, workflow_id: str) -> str:
 
 
 def _metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def _refuse(request: Request, status: int, outcome: str, detail: str) -> HTTPException:
@@ -178,7 +179,8 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
             return [resolve(item) for item in node]
         return node
 
-    return resolve(schema)
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 WEBHOOK_DOC = """Polar posts its webhooks here (Standard Webhooks signature, secret

@@ -6,7 +6,7 @@ rule takes over its products (a renamed rule without `key` would grant those ord
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from polar_credits.identity import registry_workflow_id
 
@@ -65,11 +65,11 @@ class RegistryState:
         if accepted.version not in self.versions:
             self.versions = (self.versions + [accepted.version])[-VERSIONS_KEPT:]
 
-    def memo(self) -> dict:
+    def memo(self) -> dict[str, Any]:
         return {"keys": {key: asdict(entry) for key, entry in self.keys.items()}}
 
     @classmethod
-    def from_memo(cls, memo: dict | None) -> RegistryState:
+    def from_memo(cls, memo: dict[str, Any] | None) -> RegistryState:
         keys = (memo or {}).get("keys") or {}
         return cls(keys={key: RegisteredKey(**entry) for key, entry in keys.items()})
 

@@ -43,7 +43,7 @@ def newer(incoming: SubscriptionFacts, current: SubscriptionFacts) -> bool:
     return parse_time(incoming.modified_at) >= parse_time(current.modified_at)
 
 
-def decision_fields(facts: SubscriptionFacts) -> tuple:
+def decision_fields(facts: SubscriptionFacts) -> tuple[object, ...]:
     """What the cadence rules look at: a change in any of these re-decides them."""
     return (
         facts.product_id,

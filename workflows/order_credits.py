@@ -8,8 +8,10 @@ every Polar call behind those activities goes through the worker's gateway.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -111,6 +113,7 @@ class OrderCreditsWorkflow:
         except ActivityError as err:
             await self._release_reservations(order)
             self._fail(order, err)
+        assert self._state.ingest is not None  # set by the ingest just above
         if workflow.patched(PERIOD_PATCH) and self._state.ingest.granted_before(len(grants)):
             # Another order already credited this subscription period (a re-bill, a retried
             # invoice): Polar kept the first grant, and there is nothing new to verify.
@@ -287,7 +290,7 @@ def _report_held(order: OrderFacts, held: list[HeldGrant]) -> None:
     count_held("order", len(held))
 
 
-def _missing_identity_attributes(order: OrderFacts) -> list:
+def _missing_identity_attributes(order: OrderFacts) -> list[SearchAttributeUpdate[Any]]:
     present = workflow.info().typed_search_attributes
     wanted = sa.identity_values(order.order_id, order.customer_id, order.product_id)
     return [key.value_set(value) for key, value in wanted if present.get(key) is None]

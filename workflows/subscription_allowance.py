@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -383,7 +385,7 @@ class SubscriptionAllowanceWorkflow:
             self._publish()
 
     def _publish(self) -> None:
-        attributes = [
+        attributes: list[SearchAttributeUpdate[Any]] = [
             sa.CREDIT_STATUS.value_set(self._state.status),
             sa.CREDIT_UNITS.value_set(self._state.units_total),
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from polar.base import AsyncClientBase, parse_response_json
 from polar.v2026_10 import PolarAsync
@@ -39,7 +39,8 @@ class PolarSender:
         self._customer_meters = CustomerMetersAsync(client)
 
     async def ingest(self, events: list[dict[str, Any]]) -> IngestReceipt:
-        response = await self._events.ingest(events=events)
+        # Polar's own JSON for each event: polar-sdk validates it against its models.
+        response = await self._events.ingest(events=cast(Any, events))
         return IngestReceipt(response.inserted, response.duplicates, polar_time_after_call())
 
     async def customer_meters(self, meter_id: str, customer_ids: list[str]) -> list[MeterRow]:
@@ -158,7 +159,8 @@ class PolarGateway:
         # each item leniently instead.
         request = self._client.build_request(method="GET", url=url, query_params=query)
         response = await self._client.send_request(request)
-        return parse_response_json(response, None, {422: HTTPValidationError})
+        answer: dict[str, Any] = parse_response_json(response, None, {422: HTTPValidationError})
+        return answer
 
     async def close(self) -> None:
         await self._scheduler.close()

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -204,7 +204,7 @@ class CallScheduler:
         while self._calls and self._calls[0][1].done():
             self._calls.popleft()
 
-    def _next_job(self) -> Awaitable[None] | None:
+    def _next_job(self) -> Coroutine[Any, Any, None] | None:
         """Grants first (a late grant is worse than a late check), then other calls, then
         reads; but while grants keep coming, every READ_TURN-th permit goes to the reads, so
         checks are late, never starved."""

@@ -145,7 +145,9 @@ def _meter(request: Request, name: str) -> BackfillMeter:
     )
 
 
-async def _view(settings: Settings, handle: WorkflowHandle, key: str) -> BackfillView | None:
+async def _view(
+    settings: Settings, handle: WorkflowHandle[Any, Any], key: str
+) -> BackfillView | None:
     """The backfill as it stands, or None when there is none with this key."""
     try:
         description = await handle.describe(rpc_timeout=TEMPORAL_TIMEOUT)
@@ -185,7 +187,9 @@ def _plain(progress: BackfillProgress) -> dict[str, Any]:
     return asdict(progress)
 
 
-async def _fingerprint(handle: WorkflowHandle) -> tuple[str | None, WorkflowExecutionStatus | None]:
+async def _fingerprint(
+    handle: WorkflowHandle[Any, Any],
+) -> tuple[str | None, WorkflowExecutionStatus | None]:
     try:
         description = await handle.describe(rpc_timeout=TEMPORAL_TIMEOUT)
     except RPCError as exc:

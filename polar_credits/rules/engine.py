@@ -141,7 +141,7 @@ def decide_allowance_rules(rules: RulesFile, facts: SubscriptionFacts) -> list[A
         decided.append(
             AllowanceRule(
                 rule_id=rule.id,
-                every=str(parse_cadence(rule.every)),
+                every=str(parse_cadence(rule.every or "")),  # applies_to_subscription: set
                 meter=rule.meter,
                 meter_id=meter.id,
                 event_name=meter.event_name,

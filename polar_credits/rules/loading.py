@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from polar_credits.grant_limit import MAX_GRANT_UNITS
 from polar_credits.rules.schema import RulesError, RulesFile
@@ -44,7 +46,7 @@ def load_rules(path: Path) -> RulesFile:
     return parse_rules(text, str(path))
 
 
-def _error_line(err: dict, raw: dict) -> str:
+def _error_line(err: ErrorDetails, raw: dict[str, Any]) -> str:
     """One validation error as a line: which rule or meter, which field, what is wrong."""
     loc = list(err["loc"])
     message = err["msg"].removeprefix("Value error, ")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from polar_credits.models.allowances import SubscriptionFacts
@@ -110,7 +110,7 @@ def applies_to_subscription(rule: RuleConditions, facts: SubscriptionFacts) -> b
 
 
 def metadata_mismatch(
-    label: str, conditions: Mapping[str, Scalar | MetadataTest] | None, metadata: dict
+    label: str, conditions: Mapping[str, Scalar | MetadataTest] | None, metadata: Mapping[str, Any]
 ) -> str | None:
     """The first metadata condition that does not hold, said in one line, or None."""
     for key, wanted in (conditions or {}).items():
@@ -126,7 +126,7 @@ def metadata_mismatch(
     return None
 
 
-def _test_holds(test: MetadataTest, key: str, metadata: dict) -> bool:
+def _test_holds(test: MetadataTest, key: str, metadata: Mapping[str, Any]) -> bool:
     if test.exists is not None:
         return (key in metadata) == test.exists
     assert test.one_of is not None
@@ -159,7 +159,7 @@ def _active_at(rule: RuleConditions, created_at: str | None) -> bool:
     return rule.active_until is None or moment < rule.active_until
 
 
-def _shown_value(metadata: dict, key: str) -> str:
+def _shown_value(metadata: Mapping[str, Any], key: str) -> str:
     if key not in metadata:
         return "absent"
     return repr(metadata[key])[:60]

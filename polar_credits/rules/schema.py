@@ -88,6 +88,10 @@ class Meter(BaseModel):
     property: str = Field(default="units", min_length=1, max_length=40)
 
 
+def _purchase_only() -> list[BillingReason]:
+    return ["purchase"]
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -110,7 +114,7 @@ class Rule(BaseModel):
     max_units: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)
     top_up_to: StrictInt | None = Field(default=None, gt=0, le=MAX_GRANT_UNITS)  # cadence only
     products: list[str] | None = None
-    billing_reasons: list[BillingReason] = Field(default_factory=lambda: ["purchase"])
+    billing_reasons: list[BillingReason] = Field(default_factory=_purchase_only)
     # Order metadata this rule requires, key → a value (equal), { in = [...] } or
     # { exists = bool }; all must hold. The keys named here are the only metadata that ever
     # enters a workflow history (`metadata_keys`).

@@ -127,7 +127,7 @@ async def tell_running(
     return True
 
 
-def _start_attributes(observation: SubscriptionObservation) -> list[SearchAttributePair]:
+def _start_attributes(observation: SubscriptionObservation) -> list[SearchAttributePair[Any]]:
     facts = observation.facts
     pairs = [SearchAttributePair(sa.CREDIT_STATUS, AllowanceStatus.WAITING_FOR_PAYMENT.value)]
     pairs += [

@@ -4,6 +4,8 @@ continues as new."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
@@ -14,7 +16,7 @@ from polar_credits.models.ledger import LedgerState, ReserveUnitsInput, ReserveU
 from polar_credits.workflows.customer_ledger import CustomerLedgerWorkflow
 
 
-def ledger_start(customer_id: str, *, task_queue: str) -> WithStartWorkflowOperation:
+def ledger_start(customer_id: str, *, task_queue: str) -> WithStartWorkflowOperation[Any, Any]:
     text = ui.ledger_start(customer_id)
     return WithStartWorkflowOperation(
         CustomerLedgerWorkflow.run,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from fastapi import HTTPException, status
 from temporalio.client import (
@@ -42,7 +42,7 @@ from polar_credits.settings import Settings
 TEMPORAL_TIMEOUT = timedelta(seconds=10)
 
 
-async def describe(handle: WorkflowHandle) -> WorkflowExecutionDescription | None:
+async def describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
     """The run's description, or None when there is no run with this id."""
     try:
         return await handle.describe(rpc_timeout=TEMPORAL_TIMEOUT)
@@ -55,7 +55,7 @@ async def describe(handle: WorkflowHandle) -> WorkflowExecutionDescription | Non
 
 
 async def read_state(
-    handle: WorkflowHandle,
+    handle: WorkflowHandle[Any, Any],
     execution_status: WorkflowExecutionStatus | None,
     model: type[State],
 ) -> StateAnswer[State] | None:
@@ -82,7 +82,7 @@ async def first_input(temporal: Client, workflow_id: str, run_id: str | None) ->
         async for event in handle.fetch_history_events(rpc_timeout=TEMPORAL_TIMEOUT):
             payloads = event.workflow_execution_started_event_attributes.input.payloads
             (input,) = await temporal.data_converter.decode(payloads, [OrderCreditsInput])
-            return input
+            return cast(OrderCreditsInput, input)
     except (RPCError, RuntimeError, TimeoutError) as exc:
         raise temporal_error(exc) from exc
     except (ApplicationError, ValueError, TypeError) as exc:

@@ -221,7 +221,7 @@ async def revoke_grant(
 
 
 async def revoke_input(
-    handle: WorkflowHandle,
+    handle: WorkflowHandle[Any, Any],
     kind: GrantKind,
     description: WorkflowExecutionDescription,
     body: RevokeBody,
@@ -298,7 +298,7 @@ async def start_revoke(
 
 async def revoke_view(
     settings: Settings,
-    handle: WorkflowHandle,
+    handle: WorkflowHandle[Any, Any],
     description: WorkflowExecutionDescription | None,
     grant_id: str,
 ) -> RevokeView:
