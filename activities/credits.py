@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from polar_credits.activities.gateway import MeterRow, OrderStamp, PolarCallError, PolarGateway
+from polar_credits.activities.gateway import (
+    IngestOutcome,
+    MeterRow,
+    OrderStamp,
+    PolarCallError,
+    PolarGateway,
+)
 from polar_credits.events import grant_event
 from polar_credits.grant_limit import over_max
 from polar_credits.logsafe import for_log
@@ -87,6 +93,19 @@ async def heartbeating(work: Awaitable[T], details: object = None) -> T:
     finally:
         if not task.done():
             task.cancel()
+
+
+def ingest_result(outcome: IngestOutcome) -> IngestResult:
+    """The gateway's answer for one ingest, as the run records it (`first_attempt`: duplicates
+    on a first attempt cannot be this run's own earlier call)."""
+    return IngestResult(
+        inserted=outcome.inserted,
+        duplicates=outcome.duplicates,
+        confirmed=outcome.confirmed,
+        stored_by=outcome.stored_by.isoformat(),
+        batch_events=outcome.batch_events,
+        first_attempt=activity.info().attempt == 1,
+    )
 
 
 def includes_grant(row: MeterRow | None, stored_by: datetime | None) -> bool:
@@ -190,14 +209,7 @@ class CreditActivities:
             outcome.confirmed,
             outcome.batch_events,
         )
-        return IngestResult(
-            inserted=outcome.inserted,
-            duplicates=outcome.duplicates,
-            confirmed=outcome.confirmed,
-            stored_by=outcome.stored_by.isoformat(),
-            batch_events=outcome.batch_events,
-            first_attempt=activity.info().attempt == 1,
-        )
+        return ingest_result(outcome)
 
     @activity.defn(name="verify_grants")
     async def verify_grants(self, input: VerifyGrantsInput) -> VerifyGrantsResult:

@@ -10,8 +10,8 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from polar_credits.activities.credits import heartbeating
-from polar_credits.activities.gateway import IngestOutcome, PolarGateway
+from polar_credits.activities.credits import heartbeating, ingest_result
+from polar_credits.activities.gateway import PolarGateway
 from polar_credits.events import manual_grant_event, revoke_events
 from polar_credits.logsafe import for_log
 from polar_credits.models.grants import IngestResult
@@ -47,7 +47,7 @@ class OperatorActivities:
             for_log(input.external_id),
             for_log(input.customer_id),
         )
-        return _result(outcome)
+        return ingest_result(outcome)
 
     @activity.defn(name="read_revoke_balances")
     async def read_revoke_balances(self, input: BalanceReadInput) -> BalanceReadResult:
@@ -74,18 +74,8 @@ class OperatorActivities:
         activity.logger.info(
             "revoke of %s confirmed by Polar (%d event(s))", for_log(input.grant_id), len(events)
         )
-        return _result(outcome)
+        return ingest_result(outcome)
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.ingest_manual_grant, self.read_revoke_balances, self.ingest_revoke]
 
-
-def _result(outcome: IngestOutcome) -> IngestResult:
-    return IngestResult(
-        inserted=outcome.inserted,
-        duplicates=outcome.duplicates,
-        confirmed=outcome.confirmed,
-        stored_by=outcome.stored_by.isoformat(),
-        batch_events=outcome.batch_events,
-        first_attempt=activity.info().attempt == 1,
-    )
