@@ -274,7 +274,7 @@ def accepted(n: int) -> AcceptedRules:
 async def run_registry(client: Client, queue: str, files: int, limit: int | None) -> Recorded:
     workflow_id = f"polar-credits-rules:{queue}"
     async with Worker(client, task_queue=queue, workflows=[RulesRegistryWorkflow]):
-        # As polar_credits.rule_keys.record_rule_keys starts it.
+        # As polar_credits.starters.registry.record_rule_keys starts it.
         await client.start_workflow(
             RulesRegistryWorkflow.run,
             RegistryState(history_limit=limit),

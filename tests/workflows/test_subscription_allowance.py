@@ -257,7 +257,7 @@ async def signal_with_start(
     observation: SubscriptionObservation,
     history_limit: int | None = None,
 ) -> WorkflowHandle:
-    """As the API does it (api/allowances.py)."""
+    """As the API does it (polar_credits/starters/allowances.py)."""
     facts = observation.facts
     handle = await env.client.start_workflow(
         SubscriptionAllowanceWorkflow.run,

@@ -12,7 +12,7 @@ from polar_credits.api.operator.grants.query import GrantKind
 from polar_credits.operator_grants import GrantMeter
 
 
-# The models mirror the fields the workflows' state dataclasses have (polar_credits/models.py,
+# The models mirror the fields the workflows' state dataclasses have (polar_credits/models/,
 # polar_credits/operator_grants.py) that the API reads; a field older runs lack is optional.
 # Lists and objects shown to the operator as the run returned them stay JSON objects.
 class RunState(BaseModel):
