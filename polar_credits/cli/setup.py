@@ -1,5 +1,5 @@
 """`polar-credits setup`: Polar's prerequisites (token, meter, webhook endpoint, starter rules)
-checked and made in one idempotent command; the logic is in polar_credits/polar_setup.py."""
+checked and made in one idempotent command; the logic is in polar_credits/polar_setup/."""
 
 from __future__ import annotations
 
