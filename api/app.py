@@ -61,7 +61,7 @@ def create_app(settings: Settings, temporal: Client | None = None) -> FastAPI:
     subscriptions have an allowance run (rules with `every`). Raises RulesError, and
     SettingsError for a doubtful operator token (polar_credits/operators.py).
 
-    Without `temporal`, resolves the Temporal connection now (polar_credits/temporal_client.py):
+    Without `temporal`, resolves the Temporal connection now (polar_credits/temporal_client/):
     a setting that can never work (an unreadable certificate or key, a malformed profile file,
     an unknown TEMPORAL_PROFILE) raises SettingsError before the server starts."""
     assert settings.polar_webhook_secret is not None

@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     def _blank_operator_tokens_are_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    # Connecting to Temporal (issue 15 §1, polar_credits/temporal_client.py; the rest comes
+    # Connecting to Temporal (issue 15 §1, polar_credits/temporal_client/; the rest comes
     # from temporalio's TEMPORAL_* variables and profile file): how long a process waits at
     # start-up for Temporal to answer and confirm the namespace before it gives up.
     credits_temporal_connect_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -10,7 +10,7 @@ second signal comes, it exits without waiting. Exit status: 0 after a stop; 1 wh
 cannot be reached (no stop asked) or the worker fails; 2 on a bad setting or rules file
 (including one that drops a rule key which has granted: polar_credits/rule_keys.py, and a
 Temporal connection that can never work: a bad certificate, key, API key or namespace,
-polar_credits/temporal_client.py), or when the rules registry was written under an encryption
+polar_credits/temporal_client/), or when the rules registry was written under an encryption
 key the worker lacks. Each failure is one line naming the setting to fix.
 """
 

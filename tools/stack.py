@@ -251,7 +251,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> tuple[Settings, StackCon
 
 def child_env(settings: Settings, config: StackConfig, env: Mapping[str, str]) -> dict[str, str]:
     # The children talk to the dev server started here, in plaintext: no API key, TLS setting
-    # or profile file meant for another cluster applies (polar_credits/temporal_client.py).
+    # or profile file meant for another cluster applies (polar_credits/temporal_client/).
     child = dev_server_env(env)
     child.update(
         TEMPORAL_ADDRESS=config.temporal_address,
