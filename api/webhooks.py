@@ -17,7 +17,6 @@ import binascii
 import logging
 from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,6 +37,7 @@ from polar_credits.api.payloads import (
     read_capped_body,
 )
 from polar_credits.api.problems import Problem
+from polar_credits.api.temporal_ui import workflow_ui_url
 from polar_credits.identity import order_workflow_id
 from polar_credits.logsafe import for_log
 from polar_credits.models.allowances import SubscriptionObservation
@@ -98,13 +98,6 @@ class PolarSubscriptionEvent(BaseModel):
 def polar_verifier(secret: str) -> Webhook:
     """Polar signs with the raw bytes of the whole secret string, `whsec_` prefix included."""
     return Webhook(base64.b64encode(secret.encode()).decode())
-
-
-def workflow_ui_url(settings: Settings, workflow_id: str) -> str:
-    """Ids are percent-encoded: whatever an order id holds, the link opens that run."""
-    base = settings.temporal_ui_url.rstrip("/")
-    namespace = quote(settings.temporal_namespace, safe="")
-    return f"{base}/namespaces/{namespace}/workflows/{quote(workflow_id, safe='')}"
 
 
 def _metrics(request: Request) -> Metrics:
