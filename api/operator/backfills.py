@@ -28,7 +28,7 @@ from polar_credits.api.operator.route import WRITER_ANSWER, OperatorRoute
 from polar_credits.api.operator.run_status import ENDED_UNFINISHED, chain_status_name
 from polar_credits.api.operator.temporal_errors import check_input_size, temporal_error
 from polar_credits.api.problems import Problem
-from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.api.temporal_ui import workflow_ui_url
 from polar_credits.backfills import (
     BACKFILL_KEY,
     MAX_CUSTOMER_ID_CHARS,

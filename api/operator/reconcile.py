@@ -22,7 +22,7 @@ from polar_credits.api.operator.route import WRITER_ANSWER, OperatorRoute
 from polar_credits.api.operator.run_status import chain_status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
 from polar_credits.api.problems import Problem
-from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.api.temporal_ui import workflow_ui_url
 from polar_credits.identity import RECONCILE_RUN_PREFIX
 from polar_credits.operators import started_by
 from polar_credits.reconcile_schedule import reconcile_input

@@ -34,7 +34,7 @@ from polar_credits.api.operator.grants.states import (
 from polar_credits.api.operator.page_tokens import PageTokenError, page_key, seal, unseal
 from polar_credits.api.operator.run_status import status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
-from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.api.temporal_ui import workflow_ui_url
 from polar_credits.models.orders import OrderCreditsInput
 from polar_credits.operators import started_by
 from polar_credits.settings import Settings

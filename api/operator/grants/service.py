@@ -46,7 +46,7 @@ from polar_credits.api.operator.grants.states import (
 )
 from polar_credits.api.operator.run_status import ENDED_UNFINISHED, status_name
 from polar_credits.api.operator.temporal_errors import temporal_error
-from polar_credits.api.webhooks import workflow_ui_url
+from polar_credits.api.temporal_ui import workflow_ui_url
 from polar_credits.identity import (
     manual_grant_external_id,
     manual_grant_workflow_id,
