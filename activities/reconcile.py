@@ -120,7 +120,7 @@ class ReconcileActivities:
                 )
                 continue
             if order.status != "paid" or order.unknown_values() or order.refusal(keys):
-                # The webhook path would not start these either (see api/webhooks.py).
+                # The webhook path would not start these either (see api/webhooks/).
                 result.ignored += 1
                 continue
             if await self._start(order_facts(order, keys), input):

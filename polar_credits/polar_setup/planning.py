@@ -21,7 +21,7 @@ from polar_credits.polar_setup.toml_text import key_from_name
 from polar_credits.rules import RulesFile
 
 API_VERSION: Final = "2026-10"
-# The webhook events the service consumes (api/webhooks.py): `order.paid` always; every
+# The webhook events the service consumes (api/webhooks/): `order.paid` always; every
 # `subscription.*` event when a rule has a cadence (`every`), to steer the allowance runs.
 ORDER_EVENTS: tuple[str, ...] = ("order.paid",)
 SUBSCRIPTION_EVENTS: tuple[str, ...] = tuple(
