@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -282,14 +283,9 @@ class CreditActivities:
     async def ingest_grants(self, grants: list[Grant]) -> IngestResult:
         outcome = await self._gateway.ingest([grant_event(g) for g in grants])
         record_grants([(g.rule_id, g.meter, g.units) for g in grants])
-        # The same answer as the new path gives: counts Polar's call cannot attribute are null.
-        return IngestResult(
-            inserted=outcome.inserted,
-            duplicates=outcome.duplicates,
-            confirmed=outcome.confirmed,
-            stored_by=outcome.stored_by.isoformat(),
-            batch_events=outcome.batch_events,
-        )
+        # The same answer as the new path gives (counts Polar's call cannot attribute are
+        # null), without `first_attempt`, which the first release's runs never had.
+        return replace(ingest_result(outcome), first_attempt=None)
 
     @activity.defn(name="read_meter")
     async def read_meter(self, check: MeterCheckInput) -> MeterReading:
