@@ -78,15 +78,22 @@ def _within_cap(
     return [(key, value) for key, value in wanted if value and len(value) <= MAX_KEYWORD_CHARS]
 
 
+def identity_pairs(
+    order_id: str, customer_id: str, product_id: str | None
+) -> list[SearchAttributePair[Any]]:
+    """`identity_values` as the pairs a run's start sets."""
+    return [
+        SearchAttributePair(key, value)
+        for key, value in identity_values(order_id, customer_id, product_id)
+    ]
+
+
 def order_start_attributes(facts: OrderFacts) -> list[SearchAttributePair[Any]]:
     """Set when an order run starts (by the webhook, a rerun or reconciliation), so an operator
     finds the run in the UI before its first task runs (a subscription's order runs also by
     the subscription)."""
     pairs = [SearchAttributePair(CREDIT_STATUS, "pending")]
-    pairs += [
-        SearchAttributePair(key, value)
-        for key, value in identity_values(facts.order_id, facts.customer_id, facts.product_id)
-    ]
+    pairs += identity_pairs(facts.order_id, facts.customer_id, facts.product_id)
     subscription_id = facts.subscription_id
     if subscription_id and len(subscription_id) <= MAX_KEYWORD_CHARS:
         pairs.append(SearchAttributePair(POLAR_SUBSCRIPTION_ID, subscription_id))

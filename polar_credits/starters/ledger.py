@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from polar_credits import search_attributes as sa
 from polar_credits import ui_summaries as ui
@@ -25,9 +25,7 @@ def ledger_start(customer_id: str, *, task_queue: str) -> WithStartWorkflowOpera
         task_queue=task_queue,
         # The ledger is running almost always: then the update goes to it.
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
-            [SearchAttributePair(key, v) for key, v in sa.identity_values("", customer_id, None)]
-        ),
+        search_attributes=TypedSearchAttributes(sa.identity_pairs("", customer_id, None)),
         static_summary=text.summary,
         static_details=text.details,
     )

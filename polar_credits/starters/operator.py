@@ -59,10 +59,7 @@ async def start_manual_grant_run(
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(sa.CREDIT_STATUS, CreditStatus.PENDING.value),
-                *(
-                    SearchAttributePair(key, value)
-                    for key, value in sa.identity_values("", input.customer_id, None)
-                ),
+                *sa.identity_pairs("", input.customer_id, None),
             ]
         ),
         static_summary=text.summary,
@@ -95,12 +92,7 @@ async def start_revoke_run(
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(sa.CREDIT_STATUS, RevokeStatus.PENDING.value),
-                *(
-                    SearchAttributePair(key, value)
-                    for key, value in sa.identity_values(
-                        input.order_id or "", input.customer_id, None
-                    )
-                ),
+                *sa.identity_pairs(input.order_id or "", input.customer_id, None),
             ]
         ),
         static_summary=text.summary,
